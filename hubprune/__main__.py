@@ -1,0 +1,3 @@
+from hubprune.cli import entry
+
+entry()

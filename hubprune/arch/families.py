@@ -1,0 +1,38 @@
+"""The supported model families. A new family is one entry here plus one tiny-model test case."""
+
+from hubprune.arch.adapter import ArchAdapter
+
+LLAMA = ArchAdapter(family="llama", model_types=("llama",))
+
+MISTRAL = ArchAdapter(family="mistral", model_types=("mistral",))
+
+# Qwen2/3: blocks at index >= max_window_layers use sliding-window attention when enabled;
+# transformers 5 also writes the expanded `layer_types` list, which is what the model reads.
+QWEN2 = ArchAdapter(family="qwen2", model_types=("qwen2",), window_prefix_config=("max_window_layers",))
+
+QWEN3 = ArchAdapter(family="qwen3", model_types=("qwen3",), window_prefix_config=("max_window_layers",))
+
+# Gemma 2/3 wrap each sublayer in two norms ("sandwich"): the post-norm of a zeroed output is zero.
+_GEMMA = dict(
+    attention_norms=("input_layernorm", "post_attention_layernorm"),
+    mlp_norms=("pre_feedforward_layernorm", "post_feedforward_layernorm"),
+)
+GEMMA2 = ArchAdapter(family="gemma2", model_types=("gemma2",), **_GEMMA)
+
+GEMMA3 = ArchAdapter(
+    family="gemma3",
+    model_types=("gemma3_text",),
+    notes="text-only Gemma 3 (Gemma3ForCausalLM); the multimodal gemma3 checkpoints are not supported",
+    **_GEMMA,
+)
+
+# Phi-3 fuses q/k/v into qkv_proj and gate/up into gate_up_proj.
+PHI3 = ArchAdapter(
+    family="phi3",
+    model_types=("phi3",),
+    attention_in=("qkv_proj",),
+    mlp_in=("gate_up_proj",),
+    lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+)
+
+ALL: tuple[ArchAdapter, ...] = (LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA2, GEMMA3, PHI3)

@@ -1,0 +1,113 @@
+"""Option groups shared by several verbs, so every verb spells them the same way."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="Hub repo id (owner/name or owner/name@revision), a local model folder, a .gguf file, "
+        "or a bundled offline model such as offline:smollm2-135m-instruct",
+    )
+    group = parser.add_argument_group("loading")
+    group.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights dtype; auto = float32 on CPU, the checkpoint's dtype on GPU (default: auto)",
+    )
+    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    group.add_argument(
+        "--allow-pickle", action="store_true", help="also download and load pickled .bin weights"
+    )
+    group.add_argument(
+        "--trust-remote-code", action="store_true", help="run modeling code shipped in the repo"
+    )
+    group.add_argument(
+        "--base-model",
+        default=None,
+        help="Hub id of the base model for the card when SOURCE is a local folder or GGUF file",
+    )
+
+
+def add_method_options(parser: argparse.ArgumentParser, *, amount_required: bool) -> None:
+    group = parser.add_argument_group("method and budget")
+    group.add_argument("--method", required=True, help="pruning method (see `hubprune ls methods`)")
+    group.add_argument(
+        "--amount",
+        required=amount_required,
+        default=None,
+        help="how much to remove: a whole count (6) or a fraction below 1 (0.25) of the units"
+        + ("" if amount_required else "; optional here, marks which units would go"),
+    )
+    group.add_argument(
+        "--budget-by",
+        default="units",
+        choices=["units", "params"],
+        help="read --amount as a share of units (blocks) or of parameters (default: units)",
+    )
+    group.add_argument(
+        "--batch-size", type=int, default=8, help="calibration sequences per forward pass (default: 8)"
+    )
+
+
+def add_calibration_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("calibration data (methods that need data)")
+    group.add_argument(
+        "--calibration",
+        default=None,
+        metavar="PATH_OR_DATASET",
+        help="Hub dataset id, local .txt/.jsonl/.parquet, or offline:NAME "
+        "(default: wikitext / wikitext-2-raw-v1 from the Hub)",
+    )
+    group.add_argument("--calibration-config", default=None, help="dataset configuration name")
+    group.add_argument("--calibration-split", default="train", help="dataset split (default: train)")
+    group.add_argument(
+        "--text-column", default=None, help="column or JSON field holding the text (default: text)"
+    )
+    group.add_argument(
+        "--samples", type=int, default=32, help="number of calibration sequences (default: 32)"
+    )
+    group.add_argument(
+        "--seq-len", type=int, default=256, help="tokens per calibration sequence (default: 256)"
+    )
+    group.add_argument(
+        "--seed", type=int, default=0, help="seed for sampling and random choices (default: 0)"
+    )
+
+
+def source_options(args: Any) -> Any:
+    from hubprune.pipeline import SourceOptions
+
+    return SourceOptions(
+        spec=args.source,
+        dtype=args.dtype,
+        device=args.device,
+        allow_pickle=args.allow_pickle,
+        trust_remote_code=args.trust_remote_code,
+        base_model=args.base_model,
+    )
+
+
+def calibration_options(args: Any) -> Any:
+    from hubprune.pipeline import CalibrationOptions
+
+    return CalibrationOptions(
+        dataset=args.calibration,
+        config=args.calibration_config,
+        split=args.calibration_split,
+        text_column=args.text_column,
+        samples=args.samples,
+        seq_len=args.seq_len,
+        seed=args.seed,
+    )
+
+
+def budget(args: Any) -> Any:
+    from hubprune.methods import Budget
+
+    return None if args.amount is None else Budget.parse(args.amount, args.budget_by)

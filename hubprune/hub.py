@@ -1,0 +1,97 @@
+"""Everything that talks to the Hugging Face Hub. It knows nothing about pruning methods.
+
+Downloads go through `huggingface_hub.snapshot_download` (retries, caching, auth). The token is
+whatever huggingface_hub resolves (`HF_TOKEN`, `hf auth login`); it is never read, printed or
+stored here. Hub errors become :class:`~hubprune.errors.SourceError` with one sentence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hubprune.errors import SourceError
+
+# What a model folder needs; weights are added below by format.
+_BASE_PATTERNS = [
+    "*.json",
+    "*.jinja",
+    "*.model",
+    "*.txt",
+    "*.tiktoken",
+    "*.py",
+    "LICENSE*",
+    "NOTICE*",
+    "USE_POLICY*",
+    "README.md",
+]
+LICENSE_PATTERNS = ("LICENSE*", "NOTICE*", "USE_POLICY*", "Notice*", "LICENCE*")
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """A downloaded snapshot: where it is and which commit it is."""
+
+    repo_id: str
+    revision: str | None
+    sha: str
+    local_dir: Path
+
+
+def validate_repo_id(repo_id: str) -> None:
+    """Raise SourceError unless `repo_id` is a well-formed `owner/name` (or `name`) Hub id."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id as _validate
+
+    try:
+        _validate(repo_id)
+    except HFValidationError:
+        raise SourceError(
+            f"'{repo_id}' is not a valid Hub repo id (expected owner/name with letters, digits, '-', '_', '.')"
+        ) from None
+
+
+def pull(
+    repo_id: str, revision: str | None = None, *, allow_pickle: bool = False, cache_dir: str | None = None
+) -> Pulled:
+    """Download a model repo's config, tokenizer, license files and weights.
+
+    Only `*.safetensors` weights are fetched unless `allow_pickle` (pickled `.bin` files can run
+    code when loaded). The commit sha is the snapshot folder's name.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    validate_repo_id(repo_id)
+    patterns = _BASE_PATTERNS + ["*.safetensors"] + (["*.bin", "*.pt"] if allow_pickle else [])
+    where = f"{repo_id}@{revision}" if revision else repo_id
+    try:
+        path = Path(
+            snapshot_download(repo_id, revision=revision, allow_patterns=patterns, cache_dir=cache_dir)
+        )
+    except GatedRepoError:
+        raise SourceError(f"{where} is gated: accept its terms on the Hub and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise SourceError(
+            f"model repo {repo_id} was not found on the Hub (or it is private and no valid token is set)"
+        ) from None
+    except RevisionNotFoundError:
+        raise SourceError(f"revision '{revision}' does not exist in {repo_id}") from None
+    except LocalEntryNotFoundError:
+        raise SourceError(
+            f"cannot download {where}: the Hub is unreachable and it is not in the local cache"
+        ) from None
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else "?"
+        raise SourceError(f"the Hub refused to serve {where} (HTTP {status})") from None
+    has_weights = any(path.glob("*.safetensors")) or (allow_pickle and any(path.glob("*.bin")))
+    if not has_weights:
+        hint = "" if allow_pickle else " (pickled .bin weights are only fetched with --allow-pickle)"
+        raise SourceError(f"{where} has no safetensors weights{hint}")
+    return Pulled(repo_id=repo_id, revision=revision, sha=path.name, local_dir=path)

@@ -1,0 +1,74 @@
+"""Contiguous angular distance (Gromov et al., arXiv 2403.17887).
+
+d(i, n) = arccos(cos(h_i, h_{i+n})) / pi on the last non-padded token of each sample, averaged;
+the contiguous run [i*, i*+n) with the smallest d is removed. One forward pass per batch gives
+every (i, n). A block's reported score is d(i, n) of the run starting at it (inf where no run of
+length n starts).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from hubprune.methods.blocks import block_plan
+from hubprune.methods.capture import boundary_states
+from hubprune.methods.metrics import angular_distance
+from hubprune.methods.registry import MethodContext, MethodSpec, register_method
+from hubprune.plan import Plan
+from hubprune.size import block_params, unique_params
+
+
+@dataclass
+class AngularParams:
+    """No parameters; the run length n comes from the budget."""
+
+
+def angular_run_distances(ctx: MethodContext, n: int) -> list[float]:
+    """Mean angular distance d(i, n) for every start i in 0..L-n."""
+    assert ctx.calibration is not None
+    blocks = ctx.adapter.num_blocks(ctx.model)
+    sums = [0.0] * (blocks - n + 1)
+    count = 0
+    for states, mask in boundary_states(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size):
+        last = mask.long().sum(dim=1) - 1  # index of the last real token (right padding)
+        rows = torch.arange(mask.shape[0], device=mask.device)
+        for i in range(blocks - n + 1):
+            sums[i] += float(angular_distance(states[i][rows, last], states[i + n][rows, last]).sum())
+        count += mask.shape[0]
+    return [s / count for s in sums]
+
+
+def plan_angular(ctx: MethodContext, params: AngularParams) -> Plan:
+    per_block = block_params(ctx.model, ctx.adapter)
+    # Without a budget (scoring only) the run length is one block.
+    n = ctx.budget.count_for_uniform(per_block, unique_params([ctx.model])) if ctx.budget else 1
+    distances = angular_run_distances(ctx, n)
+    start = min(range(len(distances)), key=lambda i: (distances[i], i))
+    scores = distances + [math.inf] * (len(per_block) - len(distances))
+    order = sorted(range(len(scores)), key=lambda i: (scores[i], i))
+    return block_plan(
+        ctx,
+        "angular",
+        params,
+        scores,
+        order,
+        f"angular distance between h_i and h_(i+{n}) on the last token; the run starting at the lowest is removed",
+        chosen=list(range(start, start + n)) if ctx.budget else [],
+    )
+
+
+SPEC = register_method(
+    MethodSpec(
+        name="angular",
+        title="Contiguous angular distance",
+        reference_url="https://arxiv.org/abs/2403.17887",
+        params_cls=AngularParams,
+        plan_fn=plan_angular,
+        needs_calibration=True,
+        citation="@article{gromov2024unreasonable, title={The Unreasonable Ineffectiveness of the Deeper Layers}, "
+        "author={Gromov, Andrey and others}, journal={arXiv preprint arXiv:2403.17887}, year={2024}}",
+    )
+)

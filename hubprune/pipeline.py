@@ -1,0 +1,171 @@
+"""The stages as library functions: load a source, build calibration data, score, prune, export.
+
+The CLI verbs and `hubprune run` are thin wrappers around these; a Python user calls them
+directly. Each returns plain objects (a Plan, a Manifest) that the next stage consumes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hubprune import data as data_mod
+from hubprune.arch import ArchAdapter, adapter_for
+from hubprune.data import CalibrationBatch
+from hubprune.export import DEFAULT_MAX_SHARD_SIZE, export_plain, prepare_out_dir
+from hubprune.methods import Budget, MethodContext, get_method
+from hubprune.plan import Manifest, Plan
+from hubprune.size import model_stats
+from hubprune.source import ResolvedSource, load_model, resolve_source
+from hubprune.surgery import apply_plan
+
+
+@dataclass
+class SourceOptions:
+    """How to find and load the model."""
+
+    spec: str
+    dtype: str = "auto"
+    device: str | None = None
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    base_model: str | None = None
+
+
+@dataclass
+class CalibrationOptions:
+    """Which text to calibrate on and how much of it. `dataset` None means the method's default:
+    WikiText-2 (train) from the Hub."""
+
+    dataset: str | None = None
+    config: str | None = None
+    split: str = "train"
+    text_column: str | None = None
+    revision: str | None = None
+    samples: int = 32
+    seq_len: int = 256
+    seed: int = 0
+
+
+@dataclass
+class Loaded:
+    source: ResolvedSource
+    model: Any
+    tokenizer: Any
+    adapter: ArchAdapter
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def load(options: SourceOptions) -> Loaded:
+    """Resolve (download or convert) and load the model, checking the family first."""
+    start = time.perf_counter()
+    source = resolve_source(options.spec, allow_pickle=options.allow_pickle, base_model=options.base_model)
+    model, tokenizer = load_model(
+        source, dtype=options.dtype, device=options.device, trust_remote_code=options.trust_remote_code
+    )
+    return Loaded(source, model, tokenizer, adapter_for(model), {"load_s": time.perf_counter() - start})
+
+
+def calibrate(loaded: Loaded, options: CalibrationOptions) -> CalibrationBatch:
+    """Tokenised calibration windows with provenance."""
+    if options.dataset is None:
+        spec, config = data_mod.DEFAULT_DATASET, options.config or data_mod.DEFAULT_DATASET_CONFIG
+    else:
+        spec, config = options.dataset, options.config
+    texts = data_mod.load_texts(
+        spec, config=config, split=options.split, text_column=options.text_column, revision=options.revision
+    )
+    return data_mod.build_calibration(
+        loaded.tokenizer,
+        texts,
+        samples=options.samples,
+        seq_len=options.seq_len,
+        seed=options.seed,
+        max_positions=getattr(loaded.model.config, "max_position_embeddings", None),
+    )
+
+
+def score(
+    loaded: Loaded,
+    method: str,
+    budget: Budget | None,
+    *,
+    calibration: CalibrationOptions | None = None,
+    method_params: dict[str, Any] | None = None,
+    batch_size: int = 8,
+) -> Plan:
+    """Run a method and return its plan; calibration text is loaded only if the method needs it."""
+    spec = get_method(method)
+    params = spec.make_params(method_params)
+    calibration = calibration or CalibrationOptions()
+    batch = calibrate(loaded, calibration) if spec.needs_calibration else None
+    ctx = MethodContext(
+        loaded.model, loaded.adapter, budget, batch, seed=calibration.seed, batch_size=batch_size
+    )
+    return spec.plan_fn(ctx, params)
+
+
+def prune(
+    source: SourceOptions,
+    method: str,
+    budget: Budget,
+    out_dir: str | Path,
+    *,
+    calibration: CalibrationOptions | None = None,
+    method_params: dict[str, Any] | None = None,
+    batch_size: int = 8,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    overwrite: bool = False,
+    recipe: str | None = None,
+) -> Manifest:
+    """Load -> score -> apply the plan -> export a plain checkpoint with `hubprune.json`."""
+    prepare_out_dir(out_dir, overwrite)  # fail before any expensive work
+    get_method(method)
+    loaded = load(source)
+    before = model_stats(loaded.model, loaded.adapter)
+    start = time.perf_counter()
+    plan = score(
+        loaded, method, budget, calibration=calibration, method_params=method_params, batch_size=batch_size
+    )
+    score_s = time.perf_counter() - start
+    apply_plan(loaded.model, loaded.adapter, plan)
+    after = model_stats(loaded.model, loaded.adapter)
+    export = export_plain(
+        loaded.model,
+        loaded.tokenizer,
+        out_dir,
+        source_dir=loaded.source.local_dir,
+        max_shard_size=max_shard_size,
+        overwrite=overwrite,
+    )
+    manifest = Manifest(
+        source=loaded.source.to_dict(),
+        family=loaded.adapter.family,
+        plan=plan,
+        model_before=before,
+        model_after=after,
+        export=export,
+        stages={
+            "prune": {
+                "load_s": round(loaded.timings["load_s"], 2),
+                "score_s": round(score_s, 2),
+                "batch_size": batch_size,
+            }
+        },
+        recipe=recipe,
+    )
+    manifest.save(out_dir)
+    return manifest
+
+
+def summary(manifest: Manifest) -> str:
+    """One line saying what was removed: for the terminal and the card."""
+    plan, before, after = manifest.plan, manifest.model_before, manifest.model_after
+    removed = ", ".join(u.name for u in plan.removed)
+    fraction = 1 - after["params_total"] / before["params_total"]
+    return (
+        f"removed {len(plan.removed)} of {before['num_blocks']} blocks ({removed}) with {plan.method}: "
+        f"{before['params_total'] / 1e6:.1f}M -> {after['params_total'] / 1e6:.1f}M parameters (-{fraction:.1%})"
+    )

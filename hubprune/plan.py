@@ -1,0 +1,197 @@
+"""The plan (what a method decided to remove, and why) and the manifest (`hubprune.json`).
+
+A method never edits a model: it returns a :class:`Plan`, a JSON-serialisable description that
+surgery applies and the card renders. The :class:`Manifest` is the machine-readable truth about
+a run folder; every later stage reads it instead of re-deriving anything from weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import platform
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from hubprune import __version__
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "hubprune.json"
+
+UNIT_KINDS = ("block", "attn", "mlp", "heads", "channels", "width")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One prunable unit: a whole block, the attention or MLP sublayer of a block, heads/channels
+    of a block (`indices`), or a per-block hidden width (`width`)."""
+
+    kind: str
+    block: int
+    indices: tuple[int, ...] | None = None
+    width: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in UNIT_KINDS:
+            raise ValueError(f"unknown unit kind {self.kind!r}; expected one of {UNIT_KINDS}")
+
+    @property
+    def name(self) -> str:
+        """A short label: `block 3`, `attn 12`, `mlp 7`."""
+        return f"{self.kind} {self.block}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "block": self.block}
+        if self.indices is not None:
+            out["indices"] = list(self.indices)
+        if self.width is not None:
+            out["width"] = self.width
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Unit:
+        indices = data.get("indices")
+        return cls(
+            data["kind"],
+            int(data["block"]),
+            tuple(indices) if indices is not None else None,
+            data.get("width"),
+        )
+
+
+@dataclass
+class Calibration:
+    """Where calibration tokens came from, enough to reproduce them bit for bit."""
+
+    source: str
+    kind: str  # "hub-dataset", "file" or "offline"
+    samples: int
+    seq_len: int
+    seed: int
+    token_ids_sha256: str
+    total_tokens_available: int
+    bos_prepended: bool
+    revision: str | None = None
+    config: str | None = None
+    split: str | None = None
+    text_column: str | None = None
+    file_sha256: str | None = None
+
+
+@dataclass
+class Plan:
+    """What to remove and why.
+
+    `scores` holds every candidate's score (not only the removed ones) with `score_meaning`
+    saying how to read it; `trace` holds the steps of iterative searches.
+    """
+
+    method: str
+    unit_kind: str
+    removed: list[Unit]
+    scores: list[dict[str, Any]] = field(default_factory=list)
+    score_meaning: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    calibration: Calibration | None = None
+    seed: int | None = None
+
+    def removed_blocks(self) -> list[int]:
+        return sorted(u.block for u in self.removed if u.kind == "block")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["removed"] = [u.to_dict() for u in self.removed]
+        out["scores"] = [
+            {**s, "unit": s["unit"].to_dict()} if isinstance(s["unit"], Unit) else s for s in self.scores
+        ]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["removed"] = [Unit.from_dict(u) for u in data["removed"]]
+        data["scores"] = [{**s, "unit": Unit.from_dict(s["unit"])} for s in data.get("scores", [])]
+        if data.get("calibration") is not None:
+            data["calibration"] = Calibration(**data["calibration"])
+        return cls(**data)
+
+
+def token_ids_sha256(input_ids: Any) -> str:
+    """SHA-256 of the token ids as little-endian int64: the fingerprint of the calibration data."""
+    import numpy as np
+
+    array = np.ascontiguousarray(
+        np.asarray(input_ids.cpu() if hasattr(input_ids, "cpu") else input_ids, dtype="<i8")
+    )
+    return hashlib.sha256(array.tobytes()).hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a result, for the manifest and the card."""
+    import importlib.metadata as md
+
+    out = {"hubprune": __version__, "python": platform.python_version()}
+    for dist in (
+        "torch",
+        "transformers",
+        "huggingface-hub",
+        "safetensors",
+        "peft",
+        "datasets",
+        "accelerate",
+        "lm-eval",
+    ):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[dist] = md.version(dist)
+    return out
+
+
+@dataclass
+class Manifest:
+    """`hubprune.json`: the source, the plan, the models before/after and every stage's record.
+
+    `source` holds `spec` (what the user typed), `base_model` (the Hub id for the card, never a
+    local path), `revision` and `sha`. `stages` maps a stage name ("prune", "recover",
+    "evaluate", "export", "publish", ...) to what that stage recorded.
+    """
+
+    source: dict[str, Any]
+    family: str
+    plan: Plan
+    model_before: dict[str, Any]
+    model_after: dict[str, Any]
+    export: dict[str, Any] = field(default_factory=dict)
+    stages: dict[str, Any] = field(default_factory=dict)
+    recipe: str | None = None
+    versions: dict[str, str] = field(default_factory=library_versions)
+    created_at: str = field(
+        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    )
+    schema_version: int = SCHEMA_VERSION
+    hubprune_version: str = __version__
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["plan"] = self.plan.to_dict()
+        return out
+
+    def save(self, folder: str | Path) -> Path:
+        """Write sorted, indented JSON to `folder/hubprune.json`."""
+        path = Path(folder) / MANIFEST_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Manifest:
+        path = Path(folder) / MANIFEST_NAME
+        data = json.loads(path.read_text(encoding="utf-8"))
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["plan"] = Plan.from_dict(data["plan"])
+        return cls(**data)

@@ -1,0 +1,124 @@
+"""Model sources: a Hub repo id (`owner/name[@revision]`), a local folder, a `.gguf` file, or a
+bundled offline model (`offline:NAME`). `resolve_source` turns any of them into a local folder
+plus provenance; `load_model` loads it with the chosen dtype and device."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hubprune import hub, offline
+from hubprune.errors import RecipeError, SourceError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class ResolvedSource:
+    """A source ready to load, and what the manifest and card say about it.
+
+    `base_model` is the Hub id the card names (never a local path); None for local folders
+    unless the user gives one.
+    """
+
+    spec: str
+    kind: str  # "hub", "local", "gguf", "offline"
+    local_dir: Path
+    base_model: str | None = None
+    revision: str | None = None
+    sha: str | None = None
+    license: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["local_dir"] = str(self.local_dir) if self.kind != "hub" else None
+        return out
+
+
+def split_revision(spec: str) -> tuple[str, str | None]:
+    """`owner/name@rev` -> (`owner/name`, `rev`)."""
+    if "@" in spec:
+        repo_id, _, revision = spec.partition("@")
+        if not revision:
+            raise SourceError(f"'{spec}' has an empty revision after '@'")
+        return repo_id, revision
+    return spec, None
+
+
+def _looks_local(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists()
+
+
+def resolve_source(spec: str, *, allow_pickle: bool = False, base_model: str | None = None) -> ResolvedSource:
+    """Find or download the model behind `spec` without loading any weights."""
+    if spec.startswith(offline.PREFIX):
+        folder, info = offline.model_folder(spec)
+        return ResolvedSource(spec, "offline", folder, base_model or info.base_model, license=info.license)
+    if spec.endswith(".gguf"):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise SourceError(f"GGUF file {spec} does not exist")
+        key = hashlib.sha256(
+            f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode()
+        ).hexdigest()[:16]
+        folder = offline.convert_gguf(path, offline.cache_dir() / "gguf" / f"{path.stem}-{key}")
+        return ResolvedSource(spec, "gguf", folder, base_model)
+    if _looks_local(spec):
+        path = Path(spec).expanduser()
+        if not path.is_dir():
+            raise SourceError(f"local model folder {spec} does not exist")
+        if not (path / "config.json").is_file():
+            raise SourceError(f"{spec} is not a model folder (it has no config.json)")
+        return ResolvedSource(spec, "local", path, base_model)
+    repo_id, revision = split_revision(spec)
+    pulled = hub.pull(repo_id, revision, allow_pickle=allow_pickle)
+    return ResolvedSource(
+        spec, "hub", pulled.local_dir, base_model or repo_id, revision=revision, sha=pulled.sha
+    )
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """`auto` means fp32 on CPU (bf16 matmuls are slow there) and the checkpoint's dtype elsewhere."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise RecipeError(f"dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else "auto"
+    return getattr(torch, dtype)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(
+    source: ResolvedSource,
+    *,
+    dtype: str = "auto",
+    device: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
+    """Load (model, tokenizer) in eval mode. Architecture support is checked from the config first,
+    so an unsupported family fails before any weights are read."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hubprune.arch import adapter_for
+
+    device = device or default_device()
+    model_type = json.loads((source.local_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
+    adapter_for(str(model_type))
+    model = AutoModelForCausalLM.from_pretrained(
+        source.local_dir,
+        dtype=resolve_dtype(dtype, device),
+        trust_remote_code=trust_remote_code,
+        use_safetensors=None,
+    )
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source.local_dir, trust_remote_code=trust_remote_code)
+    return model, tokenizer
