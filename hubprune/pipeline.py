@@ -6,6 +6,7 @@ directly. Each returns plain objects (a Plan, a Manifest) that the next stage co
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,14 +59,19 @@ class Loaded:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def load(options: SourceOptions) -> Loaded:
+def load(options: SourceOptions, resolved: ResolvedSource | None = None) -> Loaded:
     """Resolve (download or convert) and load the model, checking the family first."""
     start = time.perf_counter()
-    source = resolve_source(options.spec, allow_pickle=options.allow_pickle, base_model=options.base_model)
+    source = resolved or resolve_source(options.spec, allow_pickle=options.allow_pickle, base_model=options.base_model)
     model, tokenizer = load_model(
         source, dtype=options.dtype, device=options.device, trust_remote_code=options.trust_remote_code
     )
     return Loaded(source, model, tokenizer, adapter_for(model), {"load_s": time.perf_counter() - start})
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The raw `config.json` of a model folder, without building anything."""
+    return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
 
 
 def calibrate(loaded: Loaded, options: CalibrationOptions) -> CalibrationBatch:
@@ -122,8 +128,13 @@ def prune(
 ) -> Manifest:
     """Load -> score -> apply the plan -> export a plain checkpoint with `hubprune.json`."""
     prepare_out_dir(out_dir, overwrite)  # fail before any expensive work
-    get_method(method)
-    loaded = load(source)
+    spec = get_method(method)
+    resolved = resolve_source(source.spec, allow_pickle=source.allow_pickle, base_model=source.base_model)
+    config = read_config(resolved.local_dir)
+    adapter_for(str(config.get("model_type")))  # unsupported families fail before loading weights
+    if spec.unit_kind == "block" and budget.by == "units":
+        budget.unit_count(config["num_hidden_layers"])
+    loaded = load(source, resolved)
     before = model_stats(loaded.model, loaded.adapter)
     start = time.perf_counter()
     plan = score(
