@@ -590,7 +590,8 @@ def card_data(context: Mapping[str, Any], manifest: Manifest) -> Any:
         "license_name": context["license_name"],
         "license_link": context["license_link"],
         "datasets": _hub_dataset_ids(manifest) or None,
-        "model_name": context["model_name"],
+        # model_name only names the model-index entry; without results it would be stray metadata.
+        "model_name": context["model_name"] if eval_results else None,
         "eval_results": eval_results or None,
     }
     if context["base_model"]:

@@ -1,0 +1,514 @@
+"""The publish stage: push a run folder to a Hub model repo as one commit.
+
+Order of work, so that a failure leaves nothing half-published:
+
+1. check the arguments and the run folder (no network);
+2. render the card for the target repo and validate everything locally: the folder reloads
+   with transformers, one forward pass gives finite logits, the card's metadata parses and
+   names a Hub id (never a local path) as ``base_model``;
+3. ask the Hub to validate the card's YAML (``/api/validate-yaml``) *before* creating anything;
+4. ``create_repo(exist_ok=True, private=<explicit>)``, and a branch when ``revision`` is new;
+5. one ``upload_folder`` of the whole folder: card and weights in the same commit, stale
+   shards removed through ``delete_patterns`` in that commit, ``parent_commit`` pinned to the
+   head we looked at (someone else's commit in between is a 412, not a silent overwrite).
+
+LFS objects are uploaded before the commit is created, so a dropped connection leaves the
+repo untouched; re-running the same command skips the objects already stored and commits.
+
+The token is whatever huggingface_hub resolves (``HF_TOKEN``, ``hf auth login``, or an OIDC
+exchange when ``HF_OIDC_RESOURCE`` is set) unless one is passed in; it is never printed,
+logged or written, and it is scrubbed from every error message this module builds.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hubprune import __version__
+from hubprune.errors import HubpruneError, PublishError
+from hubprune.plan import MANIFEST_NAME, Manifest
+
+# Remote files that a re-publish deletes when the new folder does not have them: weights
+# (a different shard count), their index, and the files hubprune itself generates.
+DELETE_PATTERNS = [
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "*.bin",
+    "*.bin.index.json",
+    "*.pt",
+    "*.pth",
+    "layer_map.svg",
+    "layer_map.png",
+    "search_trace.svg",
+    "eval/*",
+]
+# Never uploaded: hidden files and folders (.git, .cache, editor files) and Python caches.
+IGNORE_PATTERNS = [".*", "*/.*", "**/.*", "__pycache__/*", "**/__pycache__/*"]
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+@dataclass
+class PublishResult:
+    """What was (or, with ``dry_run``, would be) published."""
+
+    repo_id: str
+    revision: str
+    files: list[str]
+    deleted: list[str]
+    commit_message: str
+    commit_description: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    dry_run: bool = False
+    commit_url: str | None = None
+    commit_sha: str | None = None
+    pr_url: str | None = None
+    repo_url: str | None = None
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _scrub(text: str, token: str | None) -> str:
+    """`text` with the token value (if any) replaced: messages must never carry it."""
+    return text.replace(token, "***") if token else text
+
+
+# -- what goes up ------------------------------------------------------------------------------------
+
+
+def _ignored(relpath: str) -> bool:
+    parts = relpath.split("/")
+    return any(p.startswith(".") for p in parts) or "__pycache__" in parts
+
+
+def local_files(run_dir: Path) -> list[str]:
+    """Relative paths of the files `upload_folder` will send (hidden files and caches excluded)."""
+    out = []
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir).as_posix()
+        if path.is_file() and not _ignored(rel):
+            out.append(rel)
+    return out
+
+
+def stale_files(remote: list[str], local: list[str]) -> list[str]:
+    """Remote files matching DELETE_PATTERNS that the local folder no longer has."""
+    keep = set(local)
+    return sorted(
+        p
+        for p in remote
+        if p not in keep and p != ".gitattributes" and any(fnmatch.fnmatch(p, pat) for pat in DELETE_PATTERNS)
+    )
+
+
+def default_commit_message(manifest: Manifest) -> str:
+    """`Prune <base>: remove 6 of 30 blocks with block-influence (-20.1% parameters)`."""
+    plan, before, after = manifest.plan, manifest.model_before, manifest.model_after
+    base = manifest.source.get("base_model") or Path(str(manifest.source.get("spec", "model"))).name
+    kinds = {u.kind for u in plan.removed}
+    if kinds <= {"attn", "mlp"} and kinds:
+        what = f"{len(plan.removed)} of {2 * before['num_blocks']} sublayers"
+    elif kinds == {"block"}:
+        what = f"{len(plan.removed)} of {before['num_blocks']} blocks"
+    else:
+        what = f"{len(plan.removed)} units"
+    fraction = 1 - after["params_total"] / before["params_total"] if before.get("params_total") else 0.0
+    return f"Prune {base}: remove {what} with {plan.method} (-{fraction:.1%} parameters)"
+
+
+def actions_run_url(env: dict[str, str] | None = None) -> str | None:
+    """The GitHub Actions run URL when running inside Actions, else None."""
+    env = dict(os.environ if env is None else env)
+    if env.get("GITHUB_ACTIONS") != "true" or not env.get("GITHUB_RUN_ID"):
+        return None
+    server = env.get("GITHUB_SERVER_URL", "https://github.com").rstrip("/")
+    url = f"{server}/{env.get('GITHUB_REPOSITORY', '')}/actions/runs/{env['GITHUB_RUN_ID']}"
+    attempt = env.get("GITHUB_RUN_ATTEMPT")
+    return f"{url}/attempts/{attempt}" if attempt and attempt != "1" else url
+
+
+def commit_description(manifest: Manifest) -> str:
+    """The commit's description: what was cut, from where, by which hubprune, from which CI run."""
+    from hubprune.card import fmt_params
+
+    plan, source = manifest.plan, manifest.source
+    base = source.get("base_model") or source.get("spec")
+    at = f"@{source['sha']}" if source.get("sha") else ""
+    removed = ", ".join(u.name for u in plan.removed)
+    lines = [
+        f"Published with hubprune {__version__}.",
+        "",
+        f"Base model: {base}{at}",
+        f"Method: {plan.method}; removed: {removed}",
+        f"Parameters: {fmt_params(manifest.model_before.get('params_total'))} -> "
+        f"{fmt_params(manifest.model_after.get('params_total'))}",
+        "Details: hubprune.json and README.md in this commit.",
+    ]
+    run_url = actions_run_url()
+    if run_url:
+        lines.append(f"GitHub Actions run: {run_url}")
+    return "\n".join(lines)
+
+
+# -- local validation ----------------------------------------------------------------------------------
+
+
+def check_run_folder(run_dir: Path) -> Manifest:
+    """The folder exists, holds a manifest, a config and weights."""
+    if not run_dir.is_dir():
+        raise PublishError(f"run folder {run_dir} does not exist")
+    if not (run_dir / MANIFEST_NAME).is_file():
+        raise PublishError(f"{run_dir} is not a hubprune run folder (it has no {MANIFEST_NAME})")
+    if not (run_dir / "config.json").is_file():
+        raise PublishError(f"{run_dir} has no config.json, so there is no model to publish")
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in run_dir.iterdir()):
+        raise PublishError(f"{run_dir} has no weights (*.safetensors), so there is no model to publish")
+    try:
+        return Manifest.load(run_dir)
+    except (ValueError, KeyError, TypeError) as err:
+        raise PublishError(
+            f"{run_dir}/{MANIFEST_NAME} cannot be read ({type(err).__name__}: {err})"
+        ) from None
+
+
+def validate_model(run_dir: Path, manifest: Manifest) -> None:
+    """Reload the folder with stock transformers and run one forward pass; the logits must be finite
+    and the block count must match the manifest. Any failure is a PublishError."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    remote_code = (manifest.export or {}).get("format") == "compact"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            run_dir, dtype=torch.float32 if device == "cpu" else "auto", trust_remote_code=remote_code
+        ).to(device)
+        model.eval()
+        ids = tokenizer("Pruned models should still read this sentence.", return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logits = model(ids.to(device)).logits
+    except Exception as err:  # any reason the folder does not load is the user's to fix
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise PublishError(
+            f"the model in {run_dir} does not load with transformers ({type(err).__name__}: {first}); nothing was uploaded"
+        ) from None
+    if not torch.isfinite(logits).all():
+        raise PublishError(f"the model in {run_dir} produces non-finite logits; nothing was uploaded")
+    expected = manifest.model_after.get("num_blocks")
+    layers = getattr(model.config, "num_hidden_layers", None)
+    if expected is not None and layers is not None and int(layers) != int(expected):
+        raise PublishError(
+            f"the model in {run_dir} has {layers} blocks but {MANIFEST_NAME} says {expected}; "
+            "re-export the folder before publishing"
+        )
+    del model
+
+
+def validate_card_text(text: str) -> dict[str, Any]:
+    """Parse the card's metadata as the Hub will; returns it. `base_model` must be a Hub id."""
+    from huggingface_hub import ModelCard
+
+    try:
+        data = ModelCard(text).data.to_dict()
+    except Exception as err:
+        raise PublishError(
+            f"the model card's metadata does not parse ({type(err).__name__}: {err})"
+        ) from None
+    base = data.get("base_model")
+    if isinstance(base, str) and (base.startswith((".", "/", "~")) or Path(base).exists()):
+        raise PublishError(f"the card's base_model '{base}' is a local path, not a Hub model id")
+    if data.get("base_model_relation") == "merge":
+        raise PublishError("the card says base_model_relation: merge, but a pruned model is not a merge")
+    return data
+
+
+# -- the publish stage --------------------------------------------------------------------------------
+
+
+def publish(
+    run_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool,
+    revision: str | None = None,
+    create_pr: bool = False,
+    commit_message: str | None = None,
+    dry_run: bool = False,
+    token: str | None = None,
+) -> PublishResult:
+    """Publish RUN_DIR to the Hub model repo `repo_id` in one commit (see the module docstring).
+
+    Args:
+        run_dir: the run folder (the repo's content).
+        repo_id: `owner/name`.
+        private: visibility of a new repo; an existing repo with the other visibility is refused.
+        revision: a branch to publish to (created from main if missing) or `refs/pr/N`.
+        create_pr: open a pull request against main instead of committing to it.
+        commit_message: the commit's title; default says what was cut.
+        dry_run: print what would be uploaded and deleted and the card metadata; change nothing.
+        token: a Hub token; default: what huggingface_hub resolves (HF_TOKEN, login, OIDC).
+
+    Returns:
+        PublishResult with the commit URL (and PR URL).
+
+    Raises:
+        PublishError: bad arguments, a folder that does not load, a card the Hub rejects, a
+        refused token, a repo changed under us, a dropped connection. Nothing is left half-published.
+    """
+    from hubprune.card import is_generated, render_card_text
+    from hubprune.hub import validate_repo_id
+
+    folder = Path(run_dir)
+    if not isinstance(private, bool):
+        raise PublishError("say whether the repo is private or public (--private or --public)")
+    if create_pr and revision:
+        raise PublishError(
+            "--create-pr opens a pull request against main and cannot be combined with --revision; "
+            "to add to an open pull request, publish to --revision refs/pr/N"
+        )
+    try:
+        validate_repo_id(repo_id)
+    except HubpruneError as err:
+        raise PublishError(str(err)) from None
+    if "/" not in repo_id:
+        raise PublishError(f"'{repo_id}' must name its owner: owner/name")
+    manifest = check_run_folder(folder)
+
+    card_path = folder / "README.md"
+    card_text = (
+        render_card_text(folder, repo_id=repo_id)
+        if not card_path.exists() or is_generated(card_path)
+        else card_path.read_text(encoding="utf-8")
+    )
+    metadata = validate_card_text(card_text)
+    _say(f"validating {folder}: reloading the model and running one forward pass")
+    validate_model(folder, manifest)
+
+    message = commit_message or default_commit_message(manifest)
+    description = commit_description(manifest)
+    branch = revision or "main"
+    files = local_files(folder)
+    if not card_path.exists():
+        files = sorted([*files, "README.md"])
+
+    try:
+        return _publish_remote(
+            folder,
+            repo_id,
+            manifest=manifest,
+            private=private,
+            branch=branch,
+            revision=revision,
+            create_pr=create_pr,
+            message=message,
+            description=description,
+            card_text=card_text,
+            rewrite_card=not card_path.exists() or is_generated(card_path),
+            metadata=metadata,
+            files=files,
+            dry_run=dry_run,
+            token=token,
+        )
+    except PublishError as err:
+        raise PublishError(_scrub(str(err), token or _resolved_token())) from None
+
+
+def _resolved_token() -> str | None:
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:
+        return None
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(__import__(module).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
+def _publish_remote(
+    folder: Path,
+    repo_id: str,
+    *,
+    manifest: Manifest,
+    private: bool,
+    branch: str,
+    revision: str | None,
+    create_pr: bool,
+    message: str,
+    description: str,
+    card_text: str,
+    rewrite_card: bool,
+    metadata: dict[str, Any],
+    files: list[str],
+    dry_run: bool,
+    token: str | None,
+) -> PublishResult:
+    from huggingface_hub import HfApi, ModelCard
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalTokenNotFoundError,
+        OIDCError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    api = HfApi(token=token)
+    where = f"{repo_id}@{branch}"
+    result = PublishResult(
+        repo_id=repo_id,
+        revision=branch,
+        files=files,
+        deleted=[],
+        commit_message=message,
+        commit_description=description,
+        metadata=metadata,
+        dry_run=dry_run,
+    )
+    try:
+        # What is there now: existing files (for the stale-shard deletions) and the head to pin.
+        exists, branch_missing, head, remote_files = True, False, None, []
+        try:
+            info = api.repo_info(repo_id, revision=None if create_pr else revision)
+            head, remote_files = info.sha, [s.rfilename for s in info.siblings or []]
+            if info.private is not None and bool(info.private) != private:
+                have = "private" if info.private else "public"
+                raise PublishError(
+                    f"{repo_id} already exists and is {have}, but --{'private' if private else 'public'} "
+                    f"was asked; pass --{have} or change its visibility on the Hub first"
+                )
+        except RevisionNotFoundError:
+            branch_missing = True
+            info = api.repo_info(repo_id)  # the branch will be created from main's head
+            head, remote_files = info.sha, [s.rfilename for s in info.siblings or []]
+        except RepositoryNotFoundError:
+            exists = False
+        result.deleted = stale_files(remote_files, files)
+
+        if dry_run:
+            _print_dry_run(result, folder, exists, create_pr)
+            return result
+
+        # The Hub checks the card's YAML before anything is created or uploaded.
+        ModelCard(card_text).validate(repo_type="model")
+
+        if not exists:
+            _say(f"creating {'private' if private else 'public'} repo {repo_id}")
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        result.repo_url = str(repo_url)
+        if revision and not revision.startswith("refs/") and (branch_missing or not exists):
+            _say(f"creating branch {branch} from main")
+            api.create_branch(repo_id, branch=branch, exist_ok=True)
+        if not exists or branch_missing:
+            head = api.repo_info(repo_id, revision=None if create_pr else revision).sha
+
+        if rewrite_card:
+            (folder / "README.md").write_text(card_text, encoding="utf-8")
+        manifest.stages["publish"] = {
+            "repo_id": repo_id,
+            "revision": branch,
+            "create_pr": create_pr,
+            "private": private,
+            "hubprune_version": __version__,
+        }
+        manifest.save(folder)
+
+        _say(f"uploading {len(files)} files to {where}" + (" as a pull request" if create_pr else ""))
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            repo_type="model",
+            revision=None if create_pr else revision,
+            create_pr=create_pr,
+            commit_message=message,
+            commit_description=description,
+            ignore_patterns=IGNORE_PATTERNS,
+            delete_patterns=DELETE_PATTERNS,
+            parent_commit=head,
+        )
+    except PublishError:
+        raise
+    except (LocalTokenNotFoundError, OIDCError) as err:
+        raise PublishError(f"no usable Hub token: {err}") from None
+    except HfHubHTTPError as err:
+        raise PublishError(_http_message(err, repo_id, where)) from None
+    except ValueError as err:  # the Hub's YAML validation (before anything is uploaded)
+        text = str(err).replace("\n", " ").strip()
+        raise PublishError(
+            f"the Hub rejected the model card metadata, nothing was published: {text}"
+        ) from None
+    except _transport_errors() as err:
+        raise PublishError(
+            f"the connection to the Hub dropped while publishing {where} ({type(err).__name__}); "
+            "nothing was committed: run the same command again to finish (uploaded files are not sent twice)"
+        ) from None
+
+    result.commit_url = info.commit_url
+    result.commit_sha = info.oid
+    result.pr_url = info.pr_url
+    _say(f"committed {info.commit_url}")
+    if info.pr_url:
+        _say(f"pull request {info.pr_url}")
+    if result.deleted:
+        _say(f"deleted stale files: {', '.join(result.deleted)}")
+    return result
+
+
+def _http_message(err: Any, repo_id: str, where: str) -> str:
+    """One sentence for an HTTP error from the Hub."""
+    status = err.response.status_code if getattr(err, "response", None) is not None else None
+    server = (getattr(err, "server_message", None) or "").strip().replace("\n", " ")
+    detail = f" ({server})" if server else ""
+    if status == 401:
+        has_token = _resolved_token() is not None
+        return (
+            f"the Hub refused the token (HTTP 401){detail}: set HF_TOKEN to a token with write access to "
+            f"{repo_id.split('/')[0]}, or run `hf auth login`"
+            if has_token
+            else "no Hub token is set (HTTP 401): set HF_TOKEN or run `hf auth login`"
+        )
+    if status == 403:
+        return f"the token may not write to {repo_id} (HTTP 403){detail}"
+    if status == 412:
+        return (
+            f"{where} changed on the Hub while publishing (someone else committed); nothing was committed: "
+            "check the repo and run the command again to publish on top of the new head"
+        )
+    if status == 404:
+        return f"{where} was not found on the Hub (HTTP 404){detail}"
+    return f"the Hub refused to publish {where} (HTTP {status}){detail}; nothing was committed"
+
+
+def _print_dry_run(result: PublishResult, folder: Path, exists: bool, create_pr: bool) -> None:
+    """What would be uploaded and deleted, and the card metadata; nothing is sent."""
+    import yaml
+
+    out = sys.stdout
+    target = f"{result.repo_id}@{result.revision}" + (" (pull request)" if create_pr else "")
+    print(f"dry run: would publish {folder} to {target}" + ("" if exists else " (new repo)"), file=out)
+    print(f"commit message: {result.commit_message}", file=out)
+    print("commit description:", file=out)
+    for line in result.commit_description.splitlines():
+        print(f"  {line}", file=out)
+    print(f"upload ({len(result.files)} files):", file=out)
+    for name in result.files:
+        size = (folder / name).stat().st_size if (folder / name).exists() else 0
+        print(f"  {name}  {size:,} bytes", file=out)
+    print(f"delete ({len(result.deleted)} stale files):", file=out)
+    for name in result.deleted:
+        print(f"  {name}", file=out)
+    print("card metadata:", file=out)
+    print(yaml.safe_dump(result.metadata, sort_keys=False).rstrip(), file=out)
