@@ -73,6 +73,7 @@ def environment() -> Any:
     env.filters["signed"] = fmt_signed
     env.filters["params"] = fmt_params
     env.filters["bytes"] = fmt_bytes
+    env.filters["flops"] = fmt_flops
     return env
 
 
@@ -110,6 +111,16 @@ def fmt_params(value: Any) -> str:
     return f"{value / 1e6:.1f}M" if value >= 1e6 else f"{value / 1e3:.1f}K"
 
 
+def fmt_flops(value: Any) -> str:
+    """A FLOP count in M / G / T."""
+    if not _is_num(value):
+        return fmt_number(value)
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if value >= size:
+            return f"{value / size:.2f} {unit}"
+    return fmt_number(value)
+
+
 def fmt_bytes(value: Any) -> str:
     """A byte count in KiB / MiB / GiB."""
     if not isinstance(value, int | float):
@@ -135,80 +146,130 @@ def load_evaluation(run_dir: str | Path, manifest: Manifest) -> dict[str, Any] |
     return None
 
 
-_RETAINED_KEYS = ("retained_pct", "retained_percent", "retained", "retained %")
+ROLES = ("base", "pruned", "recovered")
+# The headline metric of a task, as `hubprune eval` picks it: the first of these it reports.
+HEADLINE_METRICS = ("acc_norm", "acc", "exact_match", "word_perplexity")
+# Cost fields of the report, in table order: (field, label, formatter).
+COST_FIELDS = (
+    ("params_total", "parameters", "params"),
+    ("params_non_embedding", "non-embedding parameters", "params"),
+    ("bytes_on_disk", "weights on disk", "bytes"),
+    ("weight_bytes", "weights in memory", "bytes"),
+    ("flops_per_token", "FLOPs per token", "flops"),
+    ("attention_layers", "blocks with attention", "num"),
+    ("kv_cache_bytes_per_token", "KV cache per token", "bytes"),
+)
+# Evaluation settings shown in the card (all of them are in eval/results.json).
+EVAL_SETTING_KEYS = (
+    "tasks",
+    "limit",
+    "num_fewshot",
+    "batch_size",
+    "dtype",
+    "device",
+    "device_name",
+    "seed",
+    "lm_eval_version",
+    "offline_pack",
+)
+SPEED_FIELDS = (("prefill_tokens_per_s", "prefill tokens/s"), ("decode_tokens_per_s", "decode tokens/s"))
+
+
+def _final_role(report: Mapping[str, Any], row: Mapping[str, Any]) -> str:
+    final = report.get("final")
+    if final in ROLES[1:]:
+        return str(final)
+    return "recovered" if row.get("recovered") is not None else "pruned"
+
+
+def _per_role(value: Any, role: str) -> Any:
+    """`delta` / `retained_pct` are per role in the report ({"pruned": x, "recovered": y})."""
+    return value.get(role) if isinstance(value, dict) else value
+
+
+def _headline(metrics: Mapping[str, Any]) -> str | None:
+    names = [k for k, v in metrics.items() if isinstance(v, dict)]
+    return next((m for m in HEADLINE_METRICS if m in names), names[0] if names else None)
 
 
 def eval_rows(report: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """One row per task and metric: task, metric, base, pruned, recovered, delta, retained (%).
-
-    Accepts ``tasks`` (or ``results``) as a list of rows or a mapping task -> row (or task ->
-    metric -> row). Delta and retained % are taken from the report; when it lacks them they are
-    computed from its own numbers (final = recovered if present, else pruned; retained % for a
-    lower-is-better metric such as perplexity is base / final).
+    """One row per task (its headline metric) plus perplexity: base, pruned, recovered, delta and
+    retained % of the final model, as written by `hubprune eval` (``eval/results.json``:
+    ``tasks`` maps task -> metric -> row with per-role ``delta`` / ``retained_pct``), or the
+    manifest summary (task -> row with ``metric``). Delta and retained % are read, never recomputed.
     """
     if not report:
         return []
-    tasks = report.get("tasks", report.get("results"))
-    items: list[tuple[str | None, dict[str, Any]]] = []
-    if isinstance(tasks, list):
-        items = [(None, row) for row in tasks if isinstance(row, dict)]
-    elif isinstance(tasks, dict):
-        for name, value in tasks.items():
-            if not isinstance(value, dict):
-                continue
-            if any(k in value for k in ("base", "pruned", "recovered")):
-                items.append((name, value))
-            else:  # task -> metric -> row
-                items += [(name, {"metric": m, **row}) for m, row in value.items() if isinstance(row, dict)]
+    items: list[tuple[str, str, dict[str, Any]]] = []
+    for task, entry in (report.get("tasks") or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        if "metric" in entry and any(r in entry for r in ROLES):  # the manifest's summary
+            items.append((task, str(entry["metric"]), entry))
+        elif (metric := _headline(entry)) is not None:
+            items.append((task, metric, entry[metric]))
+    ppl = report.get("perplexity")
+    if isinstance(ppl, dict):
+        data = ppl.get("data")
+        spec = data.get("spec") if isinstance(data, dict) else data
+        row = ppl["metric"] if isinstance(ppl.get("metric"), dict) else ppl
+        items.append(
+            (
+                f"perplexity ({spec})",
+                f"perplexity@{ppl.get('seq_len')}",
+                {"higher_is_better": False, "dataset": spec, **row},
+            )
+        )
     rows = []
-    for name, row in items:
-        base, pruned, recovered = row.get("base"), row.get("pruned"), row.get("recovered")
-        final = recovered if recovered is not None else pruned
-        higher = row.get("higher_is_better")
-        metric = str(row.get("metric", ""))
-        if higher is None:
-            higher = not any(k in metric.lower() for k in ("perplexity", "ppl", "loss", "bits_per_byte"))
-        delta = row.get("delta")
-        if delta is None and _is_num(base) and _is_num(final):
-            delta = final - base
-        retained = next((row[k] for k in _RETAINED_KEYS if row.get(k) is not None), None)
-        if retained is None and _is_num(base) and _is_num(final) and base and final:
-            retained = 100.0 * (final / base if higher else base / final)
+    for task, metric, row in items:
+        role = _final_role(report, row)
         rows.append(
             {
-                "task": str(row.get("task", name or "?")),
+                "task": task,
                 "metric": metric,
-                "base": base,
-                "pruned": pruned,
-                "recovered": recovered,
-                "delta": delta,
-                "retained": retained,
-                "higher_is_better": bool(higher),
-                "dataset": row.get("dataset"),
-                "n_shot": row.get("n_shot", row.get("num_fewshot")),
+                "base": row.get("base"),
+                "pruned": row.get("pruned"),
+                "recovered": row.get("recovered"),
+                "delta": _per_role(row.get("delta"), role),
+                "retained": _per_role(row.get("retained_pct"), role),
+                "higher_is_better": bool(row.get("higher_is_better", "perplexity" not in metric)),
+                "final": row.get(role),
+                "dataset": str(row.get("dataset") or task),
             }
         )
     return rows
 
 
-def before_after_rows(section: Any) -> list[dict[str, Any]]:
-    """Rows (what, base, pruned, recovered) from a report section shaped either
-    ``{metric: {base, pruned, recovered}}`` or ``{base: {metric: v}, pruned: {...}}``."""
-    if not isinstance(section, dict) or not section:
-        return []
-    stages = ("base", "pruned", "recovered")
-    if any(isinstance(section.get(s), dict) for s in stages):
-        names: list[str] = []
-        for s in stages:
-            for key in section.get(s) or {}:
-                if key not in names:
-                    names.append(key)
-        rows = [{"what": n, **{s: (section.get(s) or {}).get(n) for s in stages}} for n in names]
+def cost_rows(report: Mapping[str, Any] | None, manifest: Manifest) -> list[dict[str, Any]]:
+    """Size rows (base / pruned / recovered): the report's ``cost`` when evaluated, else the
+    manifest's before/after model statistics."""
+    cost = (report or {}).get("cost")
+    if not isinstance(cost, dict) or "base" not in cost:
+        cost = {"base": manifest.model_before, "pruned": manifest.model_after}
+        fields = [f for f in COST_FIELDS if f[0] != "params_total"] + [("num_blocks", "blocks", "num")]
+        fields = [COST_FIELDS[0], *fields]
     else:
-        rows = [
-            {"what": n, **{s: v.get(s) for s in stages}} for n, v in section.items() if isinstance(v, dict)
-        ]
-    return [r for r in rows if any(_is_num(r[s]) for s in stages)]
+        fields = list(COST_FIELDS)
+    rows = []
+    for key, label, kind in fields:
+        values = {r: (cost.get(r) or {}).get(key) for r in ROLES}
+        if _is_num(values["base"]) and any(_is_num(values[r]) for r in ROLES[1:]):
+            rows.append({"what": label, "kind": kind, **values})
+    return rows
+
+
+def speed_rows(report: Mapping[str, Any] | None) -> tuple[list[dict[str, Any]], str | None]:
+    """Measured prefill/decode speed per role, and the device name."""
+    speed = (report or {}).get("speed")
+    if not isinstance(speed, dict):
+        return [], None
+    rows = []
+    for key, label in SPEED_FIELDS:
+        values = {r: (speed.get(r) or {}).get(key) for r in ROLES}
+        if any(_is_num(v) for v in values.values()):
+            rows.append({"what": label, "kind": "num", **values})
+    device = next((v.get("device_name") for v in speed.values() if isinstance(v, dict)), None)
+    return rows, device
 
 
 def _is_num(value: Any) -> bool:
@@ -250,26 +311,32 @@ def _method_info(name: str) -> dict[str, str]:
     return {"name": name, "title": spec.title, "url": spec.reference_url, "citation": spec.citation}
 
 
+def unit_label(unit: Unit) -> str:
+    """`block 3`, `attention 12`, `MLP 7`: unit names as a reader of the card expects them."""
+    return {"attn": "attention", "mlp": "MLP"}.get(unit.kind, unit.kind) + f" {unit.block}"
+
+
 def _removed_rows(plan: Plan) -> list[dict[str, Any]]:
-    """The removed units with their score and the step of the search that chose them."""
-    score_of = {}
-    rank_of = {}
+    """The removed units with their score, the search step that chose them (1 = first) and, for
+    iterative searches, the objective after that step."""
+    from hubprune.layer_map import TRACE_VALUE_KEYS, trace_unit
+
+    score_of: dict[Unit, Any] = {}
+    step_of: dict[Unit, int] = {}
+    objective_of: dict[Unit, Any] = {}
     for s in plan.scores:
         unit = s["unit"] if isinstance(s["unit"], Unit) else Unit.from_dict(s["unit"])
         score_of.setdefault(unit, s.get("score"))
-        if s.get("rank") is not None:
-            rank_of.setdefault(unit, int(s["rank"]) + 1)
-    step_of = {}
+        order = s.get("rank", s.get("removed_at_step"))
+        if order is not None:
+            step_of.setdefault(unit, int(order) + 1)
     for i, step in enumerate(plan.trace):
-        unit = step.get("unit")
-        if isinstance(unit, dict):
-            unit = Unit.from_dict(unit)
-        if isinstance(unit, Unit):
-            step_of.setdefault(unit, int(step.get("step", i + 1)))
-            for key in ("objective", "divergence", "value", "score"):
-                if _is_num(step.get(key)):
-                    score_of.setdefault(unit, step[key])
-                    break
+        unit = trace_unit(step)
+        if unit is None:
+            continue
+        step_of[unit] = i + 1  # the trace's order is the search's order
+        objective_of[unit] = next((step[k] for k in TRACE_VALUE_KEYS if _is_num(step.get(k))), None)
+        score_of.setdefault(unit, objective_of[unit])
     rows = []
     for unit in plan.removed:
         detail = ""
@@ -279,10 +346,11 @@ def _removed_rows(plan: Plan) -> list[dict[str, Any]]:
             detail = f"width {unit.width}"
         rows.append(
             {
-                "unit": {"attn": "attention", "mlp": "MLP"}.get(unit.kind, unit.kind) + f" {unit.block}",
+                "unit": unit_label(unit),
                 "detail": detail,
                 "score": score_of.get(unit),
-                "step": step_of.get(unit, rank_of.get(unit)),
+                "step": step_of.get(unit),
+                "objective": objective_of.get(unit),
             }
         )
     rows.sort(key=lambda r: (r["step"] if r["step"] is not None else 1 << 30, r["unit"]))
@@ -298,7 +366,7 @@ def _all_scores(plan: Plan) -> list[dict[str, Any]]:
     rows = []
     for s in plan.scores:
         unit = s["unit"] if isinstance(s["unit"], Unit) else Unit.from_dict(s["unit"])
-        rows.append({"unit": unit.name, "score": s.get("score"), "removed": unit in removed})
+        rows.append({"unit": unit_label(unit), "score": s.get("score"), "removed": unit in removed})
     return rows
 
 
@@ -366,7 +434,13 @@ def _hub_dataset_ids(manifest: Manifest) -> list[str]:
 def _command_line(manifest: Manifest) -> str:
     """The `hubprune prune` command equivalent to the recorded run (when no recipe was saved)."""
     plan = manifest.plan
-    parts = ["hubprune prune", manifest.source.get("spec") or manifest.source.get("base_model") or "SOURCE"]
+    source = manifest.source
+    # A local folder or GGUF path means nothing to a reader: name the base model instead.
+    local = source.get("kind") in ("local", "gguf")
+    spec = "BASE_MODEL_FOLDER" if local else (source.get("spec") or source.get("base_model") or "SOURCE")
+    parts = ["hubprune prune", spec]
+    if local and source.get("base_model"):
+        parts += ["--base-model", str(source["base_model"])]
     parts += ["--method", plan.method]
     requested = (plan.budget or {}).get("requested") or {}
     if requested.get("amount") is not None:
@@ -381,6 +455,8 @@ def _command_line(manifest: Manifest) -> str:
         if cal.split and cal.split != "train":
             parts += ["--calibration-split", cal.split]
         parts += ["--samples", str(cal.samples), "--seq-len", str(cal.seq_len), "--seed", str(cal.seed)]
+    if (manifest.export or {}).get("format", "plain") != "plain":
+        parts += ["--format", str(manifest.export["format"])]
     parts += ["--out", "OUT"]
     return " ".join(parts)
 
@@ -446,41 +522,16 @@ def build_context(
     license_info = base_card_license(manifest)
     license_id = license_info.get("license")
     recover = manifest.stages.get("recover") if isinstance(manifest.stages.get("recover"), dict) else None
-    size_rows = [
-        {
-            "what": "blocks",
-            "base": before.get("num_blocks"),
-            "pruned": after.get("num_blocks"),
-            "kind": "num",
-        },
-        {
-            "what": "parameters",
-            "base": before.get("params_total"),
-            "pruned": after.get("params_total"),
-            "kind": "params",
-        },
-        {
-            "what": "non-embedding parameters",
-            "base": before.get("params_non_embedding"),
-            "pruned": after.get("params_non_embedding"),
-            "kind": "params",
-        },
-        {
-            "what": "KV cache per token",
-            "base": before.get("kv_cache_bytes_per_token"),
-            "pruned": after.get("kv_cache_bytes_per_token"),
-            "kind": "bytes",
-        },
-    ]
-    size_rows = [r for r in size_rows if r["base"] is not None and r["pruned"] is not None]
+    size, (speed, speed_device) = cost_rows(report, manifest), speed_rows(report)
+    removed_rows = _removed_rows(plan)
     cal = plan.calibration
     evaluation = None
     if rows:
-        settings = report.get("settings", report.get("config", {})) if isinstance(report, dict) else {}
+        settings = report.get("settings") if isinstance(report.get("settings"), dict) else report
         evaluation = {
             "rows": rows,
             "has_recovered": any(r["recovered"] is not None for r in rows),
-            "settings": _scalars(settings),
+            "settings": [(k, v) for k, v in _scalars(settings) if k in EVAL_SETTING_KEYS],
         }
     return {
         "generated_marker": GENERATED_MARKER,
@@ -499,7 +550,8 @@ def build_context(
         "params_before": before.get("params_total"),
         "params_after": after.get("params_total"),
         "params_fraction_pct": None if params_fraction is None else 100 * params_fraction,
-        "removed_rows": _removed_rows(plan),
+        "removed_rows": removed_rows,
+        "has_objective": any(r["objective"] is not None for r in removed_rows),
         "score_meaning": plan.score_meaning,
         "all_scores": _all_scores(plan),
         "sublayers": sublayers,
@@ -510,12 +562,11 @@ def build_context(
         "zero_filled": zero_filled,
         "trust_remote_code": export_format == "compact",
         "chat_template": _has_chat_template(folder),
-        "size_rows": size_rows,
-        "report_size_rows": before_after_rows((report or {}).get("size")),
-        "speed_rows": before_after_rows((report or {}).get("speed")),
-        "speed_device": ((report or {}).get("speed") or {}).get("device")
-        if isinstance((report or {}).get("speed"), dict)
-        else None,
+        "size_rows": size,
+        "size_has_recovered": any(r["recovered"] is not None for r in size),
+        "speed_rows": speed,
+        "speed_has_recovered": any(r["recovered"] is not None for r in speed),
+        "speed_device": speed_device,
         "evaluation": evaluation,
         "calibration": None
         if cal is None
@@ -552,7 +603,9 @@ def build_context(
 
 def _trace_value_name(plan: Plan) -> str:
     """What the trace's objective is, for the plot's axis: the plan's divergence parameter if any."""
-    for key in ("divergence", "objective", "metric"):
+    if isinstance(plan.params.get("divergence"), str):
+        return f"divergence ({plan.params['divergence']})"
+    for key in ("objective", "metric"):
         if isinstance(plan.params.get(key), str):
             return str(plan.params[key])
     return "objective"
@@ -564,19 +617,18 @@ def card_data(context: Mapping[str, Any], manifest: Manifest) -> Any:
 
     eval_results = []
     for row in (context["evaluation"] or {}).get("rows", []):
-        value = row["recovered"] if row["recovered"] is not None else row["pruned"]
+        value = row["final"]
         if not _is_num(value):
             continue
         eval_results.append(
             EvalResult(
                 task_type="text-generation",
                 task_name="Text Generation",
-                dataset_type=str(row["dataset"] or row["task"]),
+                dataset_type=row["dataset"],
                 dataset_name=row["task"],
-                metric_type=row["metric"] or "value",
+                metric_type=(row["metric"] or "value").split("@")[0],
                 metric_value=value,
                 metric_name=row["metric"] or None,
-                metric_args={"num_fewshot": row["n_shot"]} if row["n_shot"] is not None else None,
             )
         )
     tags = ["hubprune", "pruned", manifest.plan.method]

@@ -121,6 +121,14 @@ def _unit_total(plan: Plan, num_blocks: int, rows: Sequence[tuple[str, str]]) ->
     return num_blocks * len(rows)
 
 
+def trace_unit(step: dict[str, Any]) -> Unit | None:
+    """The unit a trace step removed (FinerCut records it as `removed`, others as `unit`)."""
+    unit = step.get("removed", step.get("unit"))
+    if isinstance(unit, dict):
+        return Unit.from_dict(unit)
+    return unit if isinstance(unit, Unit) else None
+
+
 def trace_points(plan: Plan) -> list[tuple[int, float, str]]:
     """(units removed after this step, objective value, unit label) for every trace step that
     has a numeric objective; empty when the plan has no usable trace. Steps are taken in the
@@ -130,10 +138,8 @@ def trace_points(plan: Plan) -> list[tuple[int, float, str]]:
         value = next((step[k] for k in TRACE_VALUE_KEYS if isinstance(step.get(k), int | float)), None)
         if value is None or not math.isfinite(float(value)):
             continue
-        unit = step.get("unit")
-        if isinstance(unit, dict):
-            unit = Unit.from_dict(unit)
-        label = unit.name if isinstance(unit, Unit) else str(unit or "")
+        unit = trace_unit(step)
+        label = unit.name if unit is not None else str(step.get("name", ""))
         points.append((i + 1, float(value), label))
     return points
 

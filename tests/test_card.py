@@ -1,0 +1,374 @@
+"""The model card: strict rendering, the snapshot of a fixed run, metadata, sections left out, pictures.
+
+Snapshots live in tests/snapshots/. After an intended change of the card, regenerate them with
+``HUBPRUNE_UPDATE_SNAPSHOTS=1 pytest tests/test_card.py`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hubprune import card
+from hubprune.plan import Calibration, Manifest, Plan, Unit
+
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+VERSIONS = {"hubprune": "0.1.0", "python": "3.11.7", "torch": "2.13.0", "transformers": "5.23.0"}
+
+
+def block_manifest() -> Manifest:
+    """A fixed whole-block run: Llama-licensed Hub base, Hub calibration data, recovery, a recipe."""
+    scores = [0.31, 0.12, 0.08, 0.05, 0.07, 0.22]
+    order = sorted(range(6), key=lambda i: scores[i])
+    plan = Plan(
+        method="block-influence",
+        unit_kind="block",
+        removed=[Unit("block", 3), Unit("block", 4)],
+        scores=[{"unit": Unit("block", i), "score": s, "rank": order.index(i)} for i, s in enumerate(scores)],
+        score_meaning="BI = 1 - mean cos(h_in, h_out); the lowest is removed first",
+        budget={"requested": {"amount": 2, "by": "units"}, "reached": {"units_removed": 2}},
+        calibration=Calibration(
+            source="wikitext",
+            kind="hub-dataset",
+            samples=32,
+            seq_len=256,
+            seed=0,
+            token_ids_sha256="ab" * 32,
+            total_tokens_available=100000,
+            bos_prepended=True,
+            revision="b08601e",
+            config="wikitext-2-raw-v1",
+            split="train",
+        ),
+        seed=0,
+    )
+    return Manifest(
+        source={
+            "spec": "meta-llama/Llama-3.2-1B@main",
+            "kind": "hub",
+            "local_dir": None,
+            "base_model": "meta-llama/Llama-3.2-1B",
+            "revision": "main",
+            "sha": "4e20de362430cd3b72f300e6b0f18e50e7166e08",
+            "license": "llama3.2",
+        },
+        family="llama",
+        plan=plan,
+        model_before={
+            "num_blocks": 6,
+            "params_total": 1_235_814_400,
+            "params_non_embedding": 973_144_064,
+            "tied_embeddings": True,
+            "dtype": "bfloat16",
+            "kv_cache_bytes_per_token": 24576,
+        },
+        model_after={
+            "num_blocks": 4,
+            "params_total": 1_037_000_000,
+            "params_non_embedding": 774_000_000,
+            "tied_embeddings": True,
+            "dtype": "bfloat16",
+            "kv_cache_bytes_per_token": 16384,
+        },
+        export={"format": "plain", "files": ["config.json", "model.safetensors"]},
+        stages={
+            "prune": {"load_s": 1.0, "score_s": 2.0, "batch_size": 8},
+            "recover": {
+                "mode": "partial",
+                "last_k": 3,
+                "data": "yahma/alpaca-cleaned",
+                "data_kind": "hub-dataset",
+                "max_steps": 200,
+                "learning_rate": 1e-05,
+                "curve": [{"step": 1, "loss": 3.0}],
+            },
+        },
+        recipe="# hubprune run recipe.yaml\nsource: meta-llama/Llama-3.2-1B\nmethod: block-influence\namount: 2\n",
+        versions=dict(VERSIONS),
+        created_at="2026-01-01T00:00:00+00:00",
+        hubprune_version="0.1.0",
+    )
+
+
+def eval_report() -> dict[str, Any]:
+    """An `eval/results.json` shaped as `hubprune eval` writes it (delta / retained per role)."""
+
+    def row(base: float, pruned: float, recovered: float, higher: bool = True) -> dict[str, Any]:
+        ret = (lambda v: 100 * v / base) if higher else (lambda v: 100 * base / v)
+        return {
+            "base": base,
+            "pruned": pruned,
+            "recovered": recovered,
+            "higher_is_better": higher,
+            "delta": {"pruned": pruned - base, "recovered": recovered - base},
+            "retained_pct": {"pruned": ret(pruned), "recovered": ret(recovered)},
+        }
+
+    return {
+        "roles": ["base", "pruned", "recovered"],
+        "final": "recovered",
+        "settings": {
+            "limit": 50,
+            "num_fewshot": None,
+            "batch_size": 8,
+            "lm_eval_version": "0.4.13",
+            "seed": 0,
+        },
+        "tasks": {
+            "piqa": {"acc": row(0.74, 0.62, 0.69), "acc_norm": row(0.75, 0.63, 0.7)},
+            "boolq": {"acc": row(0.64, 0.58, 0.62)},
+        },
+        "perplexity": {"data": {"spec": "wikitext"}, "seq_len": 512, "metric": row(9.5, 30.25, 14.0, False)},
+        "cost": {
+            "base": {
+                "params_total": 1_235_814_400,
+                "bytes_on_disk": 2_471_628_800,
+                "flops_per_token": 2.47e9,
+            },
+            "pruned": {
+                "params_total": 1_037_000_000,
+                "bytes_on_disk": 2_074_000_000,
+                "flops_per_token": 2.07e9,
+            },
+            "recovered": {
+                "params_total": 1_037_000_000,
+                "bytes_on_disk": 2_074_000_000,
+                "flops_per_token": 2.07e9,
+            },
+        },
+        "speed": {
+            r: {"prefill_tokens_per_s": v, "decode_tokens_per_s": v / 50, "device_name": "NVIDIA H100"}
+            for r, v in (("base", 9000.0), ("pruned", 11000.0), ("recovered", 11000.0))
+        },
+    }
+
+
+def sublayer_manifest() -> Manifest:
+    """A fixed FinerCut run as methods/finercut.py records it: attention/MLP sublayers, one-shot
+    scores with `removed_at_step`, a greedy trace (0-based `step`, `removed`, `divergence`),
+    compact export, no evaluation."""
+    steps = [(Unit("attn", 5), 0.011), (Unit("attn", 4), 0.023), (Unit("mlp", 5), 0.047)]
+    order = {u: i for i, (u, _) in enumerate(steps)}
+    candidates = [Unit(kind, b) for b in range(6) for kind in ("attn", "mlp")]
+    plan = Plan(
+        method="finercut",
+        unit_kind="sublayer",
+        removed=sorted((u for u, _ in steps), key=lambda u: (u.block, u.kind)),
+        scores=[
+            {"unit": u, "score": 0.01 * (i + 1), "params": 1000, "removed_at_step": order.get(u)}
+            for i, u in enumerate(candidates)
+        ],
+        score_meaning="js-official divergence between the dense and pruned next-token distributions",
+        params={"divergence": "js-official", "search": "greedy"},
+        trace=[
+            {"step": i, "removed": u.to_dict(), "name": u.name, "divergence": v, "candidates": []}
+            for i, (u, v) in enumerate(steps)
+        ],
+        budget={"requested": {"amount": 0.25, "by": "units"}},
+        seed=0,
+    )
+    return Manifest(
+        source={
+            "spec": "offline:smollm2-135m-instruct",
+            "kind": "offline",
+            "local_dir": "/x",
+            "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "license": "apache-2.0",
+        },
+        family="llama",
+        plan=plan,
+        model_before={
+            "num_blocks": 6,
+            "params_total": 20_000_000,
+            "params_non_embedding": 12_000_000,
+            "tied_embeddings": False,
+        },
+        model_after={
+            "num_blocks": 6,
+            "params_total": 17_500_000,
+            "params_non_embedding": 9_500_000,
+            "tied_embeddings": False,
+        },
+        export={"format": "compact"},
+        versions=dict(VERSIONS),
+        created_at="2026-01-01T00:00:00+00:00",
+        hubprune_version="0.1.0",
+    )
+
+
+def write_run(folder: Path, manifest: Manifest, *, report: dict[str, Any] | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest.save(folder)
+    (folder / "config.json").write_text("{}\n", encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ x }}"}), encoding="utf-8")
+    if report is not None:
+        (folder / "eval").mkdir(exist_ok=True)
+        (folder / "eval" / "results.json").write_text(json.dumps(report), encoding="utf-8")
+    return folder
+
+
+def check_snapshot(name: str, text: str) -> None:
+    path = SNAPSHOTS / name
+    if os.environ.get("HUBPRUNE_UPDATE_SNAPSHOTS") or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        if not os.environ.get("HUBPRUNE_UPDATE_SNAPSHOTS"):
+            pytest.fail(f"snapshot {path} did not exist and was written; review and commit it")
+    assert text == path.read_text(encoding="utf-8"), (
+        f"{name} differs from its snapshot (see module docstring)"
+    )
+
+
+def test_strict_undefined_fails_on_any_missing_variable(tmp_path):
+    """Catches a template that references a variable build_context does not provide (a typo would
+    otherwise render as nothing): every variable is declared, and dropping any one fails."""
+    import jinja2
+    from jinja2 import meta
+
+    env = card.environment()
+    source = (card.template_dir() / card.TEMPLATE_NAME).read_text(encoding="utf-8")
+    used = meta.find_undeclared_variables(env.parse(source))
+    template = env.get_template(card.TEMPLATE_NAME)
+    local = block_manifest()
+    local.source.update({"kind": "local", "spec": "/models/x", "base_model": None})
+    failed = set()
+    runs = ((block_manifest(), eval_report()), (sublayer_manifest(), None), (local, None))
+    for i, (manifest, report) in enumerate(runs):
+        folder = write_run(tmp_path / str(i), manifest, report=report)
+        context = card.build_context(folder, repo_id="test-org/pruned")
+        assert used <= set(context), f"template uses variables the context lacks: {used - set(context)}"
+        template.render(**context)
+        for name in sorted(used):
+            try:
+                template.render(**{k: v for k, v in context.items() if k != name})
+            except jinja2.UndefinedError:
+                failed.add(name)
+    # Between these runs every variable is reached, so every one of them is checked strictly.
+    assert failed == used, f"rendering without these did not fail: {sorted(used - failed)}"
+
+
+def test_unknown_variable_in_template_raises(tmp_path):
+    """Catches an environment that is not strict: a misspelt variable must raise."""
+    import jinja2
+
+    with pytest.raises(jinja2.UndefinedError):
+        card.environment().from_string("{{ base_modle }}").render(base_model="x")
+
+
+def test_card_snapshot_block_run_with_eval_and_recovery(tmp_path):
+    """Catches any unintended change of the rendered card for a fixed manifest and report."""
+    folder = write_run(tmp_path / "run", block_manifest(), report=eval_report())
+    (folder / "LICENSE").write_text("LLAMA 3.2 COMMUNITY LICENSE AGREEMENT\n", encoding="utf-8")
+    (folder / "USE_POLICY.md").write_text("policy\n", encoding="utf-8")
+    path = card.render_card(folder, repo_id="test-org/llama-3.2-1b-bi2")
+    check_snapshot("card_block_eval_recover.md", path.read_text(encoding="utf-8"))
+    check_snapshot("layer_map_block.svg", (folder / "layer_map.svg").read_text(encoding="utf-8"))
+
+
+def test_card_snapshot_sublayer_run_with_trace(tmp_path):
+    """Catches changes in the sublayer card: attention/MLP rows, the trace plot, the compact quick start."""
+    folder = write_run(tmp_path / "run", sublayer_manifest())
+    path = card.render_card(folder, repo_id="test-org/smollm2-finercut")
+    text = path.read_text(encoding="utf-8")
+    check_snapshot("card_sublayer_trace.md", text)
+    check_snapshot("layer_map_sublayer.svg", (folder / "layer_map.svg").read_text(encoding="utf-8"))
+    check_snapshot("search_trace_sublayer.svg", (folder / "search_trace.svg").read_text(encoding="utf-8"))
+
+
+def test_metadata(tmp_path):
+    """Catches wrong card metadata: base_model must be the Hub id, relation finetune (never merge),
+    license copied, Hub datasets listed, tags, and model-index built from the evaluation."""
+    from huggingface_hub import ModelCard
+
+    folder = write_run(tmp_path / "run", block_manifest(), report=eval_report())
+    data = ModelCard(card.render_card_text(folder, repo_id="test-org/pruned")).data.to_dict()
+    assert data["base_model"] == "meta-llama/Llama-3.2-1B"
+    assert data["base_model_relation"] == "finetune"
+    assert data["library_name"] == "transformers"
+    assert data["pipeline_tag"] == "text-generation"
+    assert data["license"] == "llama3.2"
+    assert data["datasets"] == ["wikitext", "yahma/alpaca-cleaned"]
+    assert data["tags"] == ["hubprune", "pruned", "block-influence"]
+    results = data["model-index"][0]["results"]
+    assert data["model-index"][0]["name"] == "pruned"
+    by_task = {r["dataset"]["name"]: r["metrics"][0] for r in results}
+    assert by_task["piqa"] == {"type": "acc_norm", "value": 0.7, "name": "acc_norm"}  # headline, final role
+    assert by_task["perplexity (wikitext)"]["value"] == 14.0
+
+
+def test_sections_without_data_are_left_out(tmp_path):
+    """Catches placeholders: no evaluation, recovery, license or speed data means no such section."""
+    manifest = block_manifest()
+    manifest.stages.pop("recover")
+    manifest.source.pop("license")
+    manifest.plan.calibration = None
+    manifest.recipe = None
+    text = card.render_card_text(write_run(tmp_path / "run", manifest), repo_id="test-org/pruned")
+    for absent in (
+        "## Evaluation",
+        "## License",
+        "Measured speed",
+        "model-index",
+        "Recovery",
+        "datasets:",
+        "None",
+        "–",
+    ):
+        assert absent not in text, absent
+    assert "It was not fine-tuned after pruning." in text
+    assert "hubprune prune meta-llama/Llama-3.2-1B@main --method block-influence --amount 2" in text
+    assert "## Size" in text and "## What was removed" in text
+
+
+def test_local_base_is_never_named_as_base_model(tmp_path):
+    """Catches a local path leaking into `base_model` (the Hub would link nothing)."""
+    from huggingface_hub import ModelCard
+
+    manifest = block_manifest()
+    manifest.source.update({"spec": str(tmp_path), "kind": "local", "base_model": None})
+    text = card.render_card_text(write_run(tmp_path / "run", manifest), repo_id="test-org/pruned")
+    assert "base_model" not in ModelCard(text).data.to_dict()
+    assert str(tmp_path) not in text.split("## Quick start")[1]
+
+
+def test_attribution_for_llama_license(tmp_path):
+    """Catches a missing "Built with Llama" on a Llama-licensed base, and license files not linked."""
+    folder = write_run(tmp_path / "run", block_manifest())
+    (folder / "LICENSE").write_text("terms\n", encoding="utf-8")
+    text = card.render_card_text(folder, repo_id="test-org/pruned")
+    assert "Built with Llama." in text
+    assert "[LICENSE](LICENSE)" in text
+
+
+def test_layer_map_shows_attention_and_mlp_separately():
+    """Catches a sublayer plan drawn as whole blocks: two rows, one crossed cell per removed sublayer."""
+    from hubprune.layer_map import layer_map_svg, trace_points
+
+    manifest = sublayer_manifest()
+    svg = layer_map_svg(manifest.plan, 6)
+    assert ">attention</text>" in svg and ">MLP</text>" in svg
+    assert svg.count("<title>attention 5: removed</title>") == 1
+    assert svg.count(": removed</title>") == 3
+    assert [p[:2] for p in trace_points(manifest.plan)] == [(1, 0.011), (2, 0.023), (3, 0.047)]
+    blocks = layer_map_svg(block_manifest().plan, 6)
+    assert ">attention</text>" not in blocks and blocks.count(": removed</title>") == 2
+
+
+def test_eval_rows_from_manifest_summary():
+    """Catches a card that only understands eval/results.json and not the manifest's evaluate summary."""
+    summary = {
+        "final": "pruned",
+        "roles": ["base", "pruned"],
+        "tasks": {"piqa": {"metric": "acc", "base": 0.7, "pruned": 0.6, "retained_pct": {"pruned": 85.7}}},
+        "perplexity": {"data": "offline:lee-background", "seq_len": 256, "base": 28.0, "pruned": 160.0},
+    }
+    rows = card.eval_rows(summary)
+    assert [(r["task"], r["final"], r["retained"]) for r in rows] == [
+        ("piqa", 0.6, 85.7),
+        ("perplexity (offline:lee-background)", 160.0, None),
+    ]
+    assert rows[1]["higher_is_better"] is False
