@@ -91,11 +91,28 @@ def blocks_skipped(model: nn.Module, adapter: ArchAdapter, indices: Iterable[int
             setattr(model.config, name, value)
 
 
-def apply_plan(model: nn.Module, adapter: ArchAdapter, plan: Plan) -> nn.Module:
-    """Apply every removal in `plan` to `model` (in place) and return it."""
+def apply_plan(model: nn.Module, adapter: ArchAdapter, plan: Plan, *, sublayers: str = "remove") -> nn.Module:
+    """Apply every removal in `plan` to `model` (in place) and return it.
+
+    Attention/MLP sublayer units (original block indices) are handled first, by
+    :mod:`hubprune.sublayers`: `sublayers="remove"` swaps them for parameter-free stand-ins (the
+    in-memory pruned model, and the compact export), `"zero"` zero-fills their output projections
+    (the plain export: native architecture, no savings). Whole blocks are removed afterwards.
+    """
     kinds = {unit.kind for unit in plan.removed}
-    unsupported = kinds - {"block"}
+    unsupported = kinds - {"block", "attn", "mlp"}
     if unsupported:
         raise NotImplementedError(f"surgery for unit kinds {sorted(unsupported)} is not implemented yet")
-    remove_blocks(model, adapter, plan.removed_blocks())
+    sub_units = [u for u in plan.removed if u.kind in ("attn", "mlp")]
+    if sub_units:
+        from hubprune import sublayers as sublayers_mod
+
+        if sublayers == "remove":
+            sublayers_mod.remove_sublayers(model, adapter, sub_units)
+        elif sublayers == "zero":
+            sublayers_mod.zero_fill(model, adapter, sub_units)
+        else:
+            raise ValueError(f"sublayers must be 'remove' or 'zero', got {sublayers!r}")
+    if plan.removed_blocks():
+        remove_blocks(model, adapter, plan.removed_blocks())
     return model

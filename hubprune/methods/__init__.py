@@ -1,7 +1,14 @@
 """Pruning methods. Each module holds a params dataclass and a function returning a Plan, and
 registers itself once; `get_method(name)` finds it, with the choices listed on a typo."""
 
-from hubprune.methods import angular, block_influence, perplexity, random_blocks, reverse_order  # noqa: F401
+from hubprune.methods import (  # noqa: F401
+    angular,
+    block_influence,
+    finercut,
+    perplexity,
+    random_blocks,
+    reverse_order,
+)
 from hubprune.methods.budget import Budget, parse_amount
 from hubprune.methods.registry import (
     MethodContext,

@@ -1,0 +1,642 @@
+"""FinerCut (Zhang et al., arXiv 2405.18218): greedy removal of attention and MLP sublayers.
+
+Candidates are the 2L sublayers {attn_i, mlp_i}. Removing one makes its residual contribution
+zero (:mod:`hubprune.sublayers`). The objective of a candidate c, given the set P already
+removed, is a divergence between the dense model's next-token distributions p and those q of
+the model without P ∪ {c}, averaged over every calibration token. Greedy search removes the
+argmin and repeats until the budget is met; the one-shot variant scores every candidate once
+against the dense model and removes in that order.
+
+Divergences (`divergence=`), per token, p = dense, q = pruned:
+
+* ``js-official`` (default, as in the official code, `llm_dissect`): 0.5·[KL(m‖p) + KL(m‖q)],
+  m = (p+q)/2. Note the argument order: not the textbook Jensen–Shannon divergence.
+* ``js``: the textbook Jensen–Shannon divergence 0.5·[KL(p‖m) + KL(q‖m)] (Lin, 1991).
+* ``kl``: KL(p‖q).
+* ``angular``: arccos(cos(z_p, z_q))/π between the logit vectors z.
+* ``perplexity``: the pruned model's calibration perplexity, exp(mean NLL) (no dense reference).
+
+Cost. The naive search (what the official code does) runs every candidate from the embeddings:
+Σ_{t<k}(2L − t) full forward passes to remove k sublayers. The cached engine (default) uses two
+facts, and picks exactly the same sublayers in the same order (tested):
+
+1. A candidate in block j changes nothing before block j: it starts from the hidden states
+   entering block j of the current pruned model (kept for every block, refreshed after each
+   step only from the chosen block on).
+2. Across steps: once c* (in block j*) is chosen, a candidate c in block j < j* sees the same
+   states up to block j* as in the previous step. Each candidate's states at a few speculated
+   boundaries (the blocks of the previous step's best candidates, memory-bounded by
+   `reuse_budget_mb`) are kept, and the next step resumes from the deepest one ≤ j*.
+
+The dense reference distributions are computed once (N·T·V floats in memory). Forward FLOPs are
+tallied per block, sublayer and `lm_head` from costs measured with torch's FlopCounterMode.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from hubprune.arch import ArchAdapter
+from hubprune.data import CalibrationBatch
+from hubprune.errors import BudgetError, RecipeError
+from hubprune.methods.budget import Budget
+from hubprune.methods.registry import MethodContext, MethodSpec, register_method
+from hubprune.plan import Plan, Unit
+from hubprune.size import unique_params
+from hubprune.sublayers import sublayers_skipped
+
+DIVERGENCES = ("js-official", "js", "kl", "angular", "perplexity")
+SEARCHES = ("greedy", "one-shot")
+ENGINES = ("cached", "naive")
+
+DIVERGENCE_MEANING = {
+    "js-official": "0.5*[KL(m||p)+KL(m||q)], m=(p+q)/2 (the official FinerCut code's variant)",
+    "js": "textbook Jensen-Shannon 0.5*[KL(p||m)+KL(q||m)], m=(p+q)/2",
+    "kl": "KL(p||q)",
+    "angular": "arccos(cos(logits_p, logits_q))/pi",
+    "perplexity": "calibration perplexity of the pruned model",
+}
+
+
+@dataclass
+class FinerCutParams:
+    """FinerCut settings; pass them with `--method-arg KEY=VALUE`."""
+
+    divergence: str = field(
+        default="js-official", metadata={"help": f"objective, one of {', '.join(DIVERGENCES)}"}
+    )
+    search: str = field(default="greedy", metadata={"help": "greedy (iterative) or one-shot"})
+    engine: str = field(
+        default="cached", metadata={"help": "cached (fast, same result) or naive (official-style)"}
+    )
+    protect_first_blocks: int = field(
+        default=0, metadata={"help": "blocks at the front that are not candidates at first"}
+    )
+    protect_steps: int | None = field(
+        default=None,
+        metadata={"help": "removals after which protected blocks become candidates (None: never)"},
+    )
+    reuse_budget_mb: int = field(
+        default=1024, metadata={"help": "memory for cross-step reuse of candidate states (0: off)"}
+    )
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (
+            ("divergence", self.divergence, DIVERGENCES),
+            ("search", self.search, SEARCHES),
+            ("engine", self.engine, ENGINES),
+        ):
+            if value not in choices:
+                raise RecipeError(f"unknown FinerCut {name} '{value}'; choose from: {', '.join(choices)}")
+        if not isinstance(self.protect_first_blocks, int) or self.protect_first_blocks < 0:
+            raise RecipeError(
+                f"protect_first_blocks must be a whole number >= 0, got {self.protect_first_blocks!r}"
+            )
+        if self.protect_steps is not None and (
+            not isinstance(self.protect_steps, int) or self.protect_steps < 0
+        ):
+            raise RecipeError(
+                f"protect_steps must be a whole number >= 0 or null, got {self.protect_steps!r}"
+            )
+        if not isinstance(self.reuse_budget_mb, int) or self.reuse_budget_mb < 0:
+            raise RecipeError(f"reuse_budget_mb must be a whole number >= 0, got {self.reuse_budget_mb!r}")
+
+
+# -- divergences: pure tensor functions ---------------------------------------------------------
+
+
+def js_official(ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """0.5·[KL(m‖p) + KL(m‖q)] with m = (p+q)/2, per token, from log-probabilities [..., V].
+
+    The divergence the official FinerCut code computes (its "JS" with swapped KL arguments).
+    """
+    log_m = torch.logaddexp(ref_logp, logp) - math.log(2.0)
+    m = log_m.exp()
+    return 0.5 * (m * (log_m - ref_logp)).sum(-1) + 0.5 * (m * (log_m - logp)).sum(-1)
+
+
+def js_textbook(ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """Jensen–Shannon divergence 0.5·[KL(p‖m) + KL(q‖m)], m = (p+q)/2 (Lin 1991), per token."""
+    log_m = torch.logaddexp(ref_logp, logp) - math.log(2.0)
+    return 0.5 * (ref_logp.exp() * (ref_logp - log_m)).sum(-1) + 0.5 * (logp.exp() * (logp - log_m)).sum(-1)
+
+
+def kl_divergence(ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """KL(p‖q) = Σ p·(log p − log q), per token; p is the dense model."""
+    return (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+
+
+def angular_logits(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """arccos(cos(z_p, z_q))/π between logit vectors, per token, in [0, 1]."""
+    cos = F.cosine_similarity(ref_logits.float(), logits.float(), dim=-1, eps=1e-8)
+    return torch.arccos(cos.clamp(-1.0, 1.0)) / math.pi
+
+
+_TOKEN_DIVERGENCE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "js-official": js_official,
+    "js": js_textbook,
+    "kl": kl_divergence,
+    "angular": angular_logits,
+}
+
+
+class _Objective:
+    """Accumulates one candidate's objective over calibration chunks."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.total = 0.0
+        self.count = 0
+
+    @staticmethod
+    def reference(name: str, logits: torch.Tensor) -> torch.Tensor | None:
+        """What to keep of the dense logits: log-probs, raw logits (angular) or nothing."""
+        if name == "perplexity":
+            return None
+        if name == "angular":
+            return logits.float()
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    def add(
+        self, ref: torch.Tensor | None, logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor
+    ) -> None:
+        if self.name == "perplexity":
+            targets = input_ids[:, 1:]
+            keep = mask[:, 1:].bool()
+            nll = F.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+            ).view_as(targets)
+            self.total += float(nll[keep].sum())
+            self.count += int(keep.sum())
+            return
+        assert ref is not None
+        other = logits.float() if self.name == "angular" else torch.log_softmax(logits.float(), dim=-1)
+        values = _TOKEN_DIVERGENCE[self.name](ref, other)
+        keep = mask.bool()
+        self.total += float(values[keep].sum())
+        self.count += int(keep.sum())
+
+    def value(self) -> float:
+        mean = self.total / max(self.count, 1)
+        return math.exp(mean) if self.name == "perplexity" else mean
+
+
+# -- the search -----------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchResult:
+    """Removed sublayers in order, with the per-step record and the engine's cost."""
+
+    order: list[Unit]
+    step_divergence: list[float]
+    step_scores: list[dict[Unit, float]]
+    stats: dict[str, Any]
+
+
+def _first_tensor(value: Any) -> torch.Tensor:
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _unit_key(unit: Unit) -> tuple[int, int]:
+    return (unit.block, 0 if unit.kind == "attn" else 1)
+
+
+class _Engine:
+    """Runs candidate evaluations for one model and calibration set (naive or cached)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: ArchAdapter,
+        calibration: CalibrationBatch,
+        batch_size: int,
+        divergence: str,
+        cached: bool,
+        reuse_budget_mb: int,
+    ) -> None:
+        self.model, self.adapter, self.divergence, self.cached = model, adapter, divergence, cached
+        self.device = next(model.parameters()).device
+        self.chunks = [
+            (ids.to(self.device), mask.to(self.device)) for ids, mask in calibration.batches(batch_size)
+        ]
+        self.blocks = adapter.blocks(model)
+        self.num_blocks = len(self.blocks)
+        self.final_norm = model.get_submodule(adapter.final_norm)
+        self.lm_head = model.get_submodule(adapter.lm_head)
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.flops = 0.0
+        self.forward_calls = 0
+        self.block_evals = 0
+        self._capture_dense()
+        self._measure_costs()
+        self.removed: list[Unit] = []
+        self.base: list[list[torch.Tensor]] = []
+        self.stash: dict[Unit, dict[int, list[torch.Tensor]]] = {}
+        self.stash_next: dict[Unit, dict[int, list[torch.Tensor]]] = {}
+        self.speculate: set[int] = set()
+        state_bytes = sum(ids.numel() for ids, _ in self.chunks) * model.config.hidden_size * 4
+        self.state_bytes = state_bytes
+        self.reuse_budget = reuse_budget_mb * 2**20 if cached else 0
+        if cached:
+            self._refresh_base(0)
+
+    # -- setup ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _capture_dense(self) -> None:
+        """One dense pass per chunk: block kwargs, h_0 and the reference distributions."""
+        self.kwargs: list[list[dict[str, Any]]] = []
+        self.h0: list[torch.Tensor] = []
+        self.reference: list[torch.Tensor | None] = []
+        records: list[tuple[torch.Tensor, dict[str, Any]]] = []
+
+        def pre_hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            h = args[0] if args else kwargs["hidden_states"]
+            kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            records.append((h, kw))
+
+        hooks = [b.register_forward_pre_hook(pre_hook, with_kwargs=True) for b in self.blocks]
+        try:
+            for ids, mask in self.chunks:
+                records.clear()
+                logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                self.forward_calls += 1
+                self.h0.append(records[0][0])
+                self.kwargs.append([kw for _, kw in records])
+                self.reference.append(_Objective.reference(self.divergence, logits))
+        finally:
+            for h in hooks:
+                h.remove()
+
+    @torch.no_grad()
+    def _measure_costs(self) -> None:
+        """Forward FLOPs per row of each attention / MLP sublayer and of the head (FlopCounterMode)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        def count(fn: Callable[[], Any]) -> int:
+            with FlopCounterMode(display=False) as counter:
+                fn()
+            return counter.get_total_flops()
+
+        rows = self.chunks[0][0].shape[0]
+        h = self.h0[0]
+        kw = self.kwargs[0]
+        self.attn_cost, self.mlp_cost = [], []
+        for b, block in enumerate(self.blocks):
+            full = count(lambda b=b, block=block: block(h, **kw[b]))
+            with sublayers_skipped(self.model, self.adapter, [Unit("attn", b)]):
+                no_attn = count(lambda b=b, block=block: block(h, **kw[b]))
+            with sublayers_skipped(self.model, self.adapter, [Unit("mlp", b)]):
+                no_mlp = count(lambda b=b, block=block: block(h, **kw[b]))
+            self.attn_cost.append((full - no_attn) / rows)
+            self.mlp_cost.append((full - no_mlp) / rows)
+        self.head_cost = count(lambda: self._head(h)) / rows
+
+    # -- running --------------------------------------------------------------------------------
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(self.final_norm(h))
+        if self.softcap is not None:
+            logits = logits / self.softcap
+            logits = torch.tanh(logits)
+            logits = logits * self.softcap
+        return logits
+
+    def _tally(self, rows: int, start: int, removed: set[Unit], *, head: bool = True) -> None:
+        for b in range(start, self.num_blocks):
+            if Unit("attn", b) not in removed:
+                self.flops += rows * self.attn_cost[b]
+            if Unit("mlp", b) not in removed:
+                self.flops += rows * self.mlp_cost[b]
+            self.block_evals += 1
+        if head:
+            self.flops += rows * self.head_cost
+
+    def _run_blocks(
+        self, chunk: int, start: int, h: torch.Tensor, wanted: set[int], stored: dict[int, torch.Tensor]
+    ) -> torch.Tensor:
+        """Blocks `start`..L-1 on chunk `chunk`; states entering the blocks in `wanted` go to `stored`."""
+        for b in range(start, self.num_blocks):
+            if b in wanted:
+                stored[b] = h
+            h = _first_tensor(self.blocks[b](h, **self.kwargs[chunk][b]))
+        return h
+
+    @torch.no_grad()
+    def _refresh_base(self, start: int) -> None:
+        """Hidden states entering every block of the current pruned model, recomputed from `start`
+        (states before the block of the latest removal cannot have changed)."""
+        with sublayers_skipped(self.model, self.adapter, self.removed):
+            for c in range(len(self.chunks)):
+                fresh = len(self.base) <= c
+                begin = 0 if fresh else start
+                states = [self.h0[c]] if fresh else self.base[c][: begin + 1]
+                h = states[-1]
+                for b in range(begin, self.num_blocks):
+                    h = _first_tensor(self.blocks[b](h, **self.kwargs[c][b]))
+                    states.append(h)
+                if fresh:
+                    self.base.append(states)
+                else:
+                    self.base[c] = states
+                self._tally(self.chunks[c][0].shape[0], begin, set(self.removed), head=False)
+
+    @torch.no_grad()
+    def evaluate(self, unit: Unit, last_choice: Unit | None) -> float:
+        """The objective of removing `unit` on top of the current removals."""
+        removal = set(self.removed) | {unit}
+        objective = _Objective(self.divergence)
+        with sublayers_skipped(self.model, self.adapter, [*self.removed, unit]):
+            for c, (ids, mask) in enumerate(self.chunks):
+                rows = ids.shape[0]
+                if not self.cached:
+                    logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                    self.forward_calls += 1
+                    self._tally(rows, 0, removal)
+                else:
+                    start, h = self._resume(unit, last_choice, c)
+                    wanted = {k for k in self.speculate if k > start}
+                    stored: dict[int, torch.Tensor] = {}
+                    h = self._run_blocks(c, start, h, wanted, stored)
+                    for k, state in stored.items():
+                        self.stash_next.setdefault(unit, {}).setdefault(k, []).append(state)
+                    logits = self._head(h)
+                    self._tally(rows, start, removal)
+                objective.add(self.reference[c], logits, ids, mask)
+        return objective.value()
+
+    def _resume(self, unit: Unit, last_choice: Unit | None, chunk: int) -> tuple[int, torch.Tensor]:
+        """Where `unit`'s evaluation can start: its own block, or a deeper stashed state."""
+        j = unit.block
+        if last_choice is not None and j < last_choice.block:
+            stored = self.stash.get(unit, {})
+            usable = [k for k in stored if j < k <= last_choice.block]
+            if usable:
+                k = max(usable)
+                return k, stored[k][chunk]
+        return j, self.base[chunk][j]
+
+    def begin_step(self, ranking: list[Unit], num_candidates: int) -> None:
+        """Choose the boundaries to stash this step (the blocks of last step's best candidates)."""
+        self.stash, self.stash_next = self.stash_next, {}
+        if not self.cached or self.reuse_budget == 0 or num_candidates == 0:
+            self.speculate = set()
+            return
+        slots = int(self.reuse_budget // (num_candidates * self.state_bytes))
+        slots = min(slots, 4)
+        if slots <= 0:
+            self.speculate = set()
+            return
+        blocks: list[int] = []
+        if ranking:
+            for unit in ranking:
+                if unit.block not in blocks:
+                    blocks.append(unit.block)
+                if len(blocks) == slots:
+                    break
+        else:  # first step: an even grid over the deeper blocks
+            blocks = [self.num_blocks * (i + 1) // (slots + 1) for i in range(slots)]
+        self.speculate = set(blocks)
+
+    def commit(self, unit: Unit) -> None:
+        """Record the removal of `unit` and refresh the base states from its block on."""
+        self.removed.append(unit)
+        if self.cached:
+            self._refresh_base(unit.block)
+
+
+def _allowed(unit: Unit, step: int, params: FinerCutParams) -> bool:
+    if unit.block >= params.protect_first_blocks:
+        return True
+    return params.protect_steps is not None and step >= params.protect_steps
+
+
+def _candidates(all_units: list[Unit], removed: list[Unit], step: int, params: FinerCutParams) -> list[Unit]:
+    attn_left = sum(1 for u in all_units if u.kind == "attn" and u not in removed)
+    out = []
+    for unit in all_units:
+        if unit in removed or not _allowed(unit, step, params):
+            continue
+        if unit.kind == "attn" and attn_left <= 1:
+            continue  # keep one attention: a model without any has no KV cache to generate with
+        out.append(unit)
+    return out
+
+
+def finercut_search(
+    model: nn.Module,
+    adapter: ArchAdapter,
+    calibration: CalibrationBatch,
+    params: FinerCutParams,
+    done: Callable[[list[Unit]], bool],
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> SearchResult:
+    """Remove sublayers (greedy or one-shot) until `done(removed)` holds.
+
+    Returns the removal order, the objective of each chosen removal, every candidate's score at
+    every step, and the engine's cost (wall time, forward FLOPs, forward calls).
+    """
+    start_time = time.perf_counter()
+    engine = _Engine(
+        model,
+        adapter,
+        calibration,
+        batch_size,
+        params.divergence,
+        params.engine == "cached",
+        params.reuse_budget_mb,
+    )
+    num_blocks = engine.num_blocks
+    all_units = [Unit(kind, b) for b in range(num_blocks) for kind in ("attn", "mlp")]
+    order: list[Unit] = []
+    step_div: list[float] = []
+    step_scores: list[dict[Unit, float]] = []
+    ranking: list[Unit] = []
+    bar = tqdm(desc="FinerCut", unit="removal", disable=not progress, leave=False)
+    try:
+        if params.search == "one-shot":
+            candidates = _candidates(all_units, [], 0, params)
+            engine.begin_step([], 0)
+            scores = {u: engine.evaluate(u, None) for u in candidates}
+            step_scores.append(scores)
+            ranked = sorted(scores, key=lambda u: (scores[u], _unit_key(u)))
+            for unit in ranked:
+                if done(order):
+                    break
+                if unit not in _candidates(all_units, order, len(order), params):
+                    continue
+                order.append(unit)
+                step_div.append(scores[unit])
+                bar.update()
+            if not done(order):
+                raise BudgetError("the budget would remove every sublayer that may be removed")
+        else:
+            while not done(order):
+                candidates = _candidates(all_units, order, len(order), params)
+                if not candidates:
+                    raise BudgetError(
+                        f"the budget would remove every sublayer that may be removed ({len(order)} removed so far)"
+                    )
+                engine.begin_step(ranking, len(candidates))
+                last = order[-1] if order else None
+                scores = {u: engine.evaluate(u, last) for u in candidates}
+                best = min(candidates, key=lambda u: (scores[u], _unit_key(u)))
+                ranking = sorted(
+                    (u for u in candidates if u != best), key=lambda u: (scores[u], _unit_key(u))
+                )
+                order.append(best)
+                step_div.append(scores[best])
+                step_scores.append(scores)
+                engine.commit(best)
+                bar.update()
+    finally:
+        bar.close()
+    stats = {
+        "engine": params.engine,
+        "wall_s": time.perf_counter() - start_time,
+        "forward_flops": engine.flops,
+        "full_forward_calls": engine.forward_calls,
+        "block_evaluations": engine.block_evals,
+        "flops_per_row": {
+            "attn": engine.attn_cost,
+            "mlp": engine.mlp_cost,
+            "head": engine.head_cost,
+        },
+    }
+    return SearchResult(order, step_div, step_scores, stats)
+
+
+# -- the plan ---------------------------------------------------------------------------------------
+
+
+def _stop_rule(
+    budget: Budget, sub_params: dict[Unit, int], total_params: int, num_units: int
+) -> Callable[[list[Unit]], bool]:
+    if budget.by == "units":
+        count = budget.unit_count(num_units, "sublayers")
+        return lambda removed: len(removed) >= count
+    target = budget.amount * total_params
+    if target >= sum(sub_params.values()) - min(sub_params.values()):
+        raise BudgetError(
+            f"removing {budget.amount:.0%} of the parameters would take every attention and MLP sublayer"
+        )
+    return lambda removed: sum(sub_params[u] for u in removed) >= target
+
+
+def plan_finercut(ctx: MethodContext, params: FinerCutParams) -> Plan:
+    """Run the search under `ctx.budget` (one step of scores only when there is no budget)."""
+    assert ctx.calibration is not None
+    model, adapter = ctx.model, ctx.adapter
+    blocks = adapter.blocks(model)
+    sub_params: dict[Unit, int] = {}
+    for b, block in enumerate(blocks):
+        counts = adapter.sublayer_params(block)
+        sub_params[Unit("attn", b)] = counts["attn"]
+        sub_params[Unit("mlp", b)] = counts["mlp"]
+    total = unique_params([model])
+    if ctx.budget is None:
+        done: Callable[[list[Unit]], bool] = lambda removed: len(removed) >= 1  # noqa: E731
+    else:
+        done = _stop_rule(ctx.budget, sub_params, total, len(sub_params))
+    result = finercut_search(model, adapter, ctx.calibration, params, done, batch_size=ctx.batch_size)
+    ctx.extra["finercut_stats"] = result.stats
+    chosen = result.order if ctx.budget is not None else []
+    removed_params = sum(sub_params[u] for u in chosen)
+    attn_removed = sum(1 for u in chosen if u.kind == "attn")
+    first = result.step_scores[0]
+    step_of = {u: i for i, u in enumerate(chosen)}
+    scores = [
+        {
+            "unit": u,
+            "score": first.get(u),
+            "params": sub_params[u],
+            "removed_at_step": step_of.get(u),
+        }
+        for u in sorted(sub_params, key=_unit_key)
+    ]
+    trace = []
+    cumulative = 0
+    for step, unit in enumerate(chosen):
+        cumulative += sub_params[unit]
+        step_scores = result.step_scores[step] if params.search == "greedy" else {}
+        trace.append(
+            {
+                "step": step,
+                "removed": unit.to_dict(),
+                "name": unit.name,
+                "divergence": result.step_divergence[step],
+                "params_removed": cumulative,
+                "params_fraction": cumulative / total,
+                "candidates": [
+                    {"unit": u.name, "score": s}
+                    for u, s in sorted(step_scores.items(), key=lambda x: _unit_key(x[0]))
+                ],
+            }
+        )
+    budget = {
+        "requested": ctx.budget.to_dict() if ctx.budget else None,
+        "reached": {
+            "units_removed": len(chosen),
+            "units_total": len(sub_params),
+            "sublayers_removed": len(chosen),
+            "sublayers_total": len(sub_params),
+            "sublayers_fraction": len(chosen) / len(sub_params),
+            "attn_removed": attn_removed,
+            "mlp_removed": len(chosen) - attn_removed,
+            "params_removed": removed_params,
+            "params_total": total,
+            "params_fraction": removed_params / total,
+            "kv_cache_fraction": attn_removed / len(blocks),
+        },
+    }
+    method_params = asdict(params)
+    return Plan(
+        method="finercut",
+        unit_kind="sublayer",
+        removed=sorted(chosen, key=_unit_key),
+        scores=scores,
+        score_meaning=(
+            f"{params.divergence}: mean over calibration tokens of {DIVERGENCE_MEANING[params.divergence]} "
+            "between the dense (p) and pruned (q) next-token distributions; `score` is the one-shot score "
+            "against the dense model, the trace holds every candidate's score at every greedy step; "
+            "lowest is removed first"
+        ),
+        params=method_params,
+        budget=budget,
+        trace=trace,
+        calibration=ctx.calibration.info,
+        seed=ctx.seed,
+    )
+
+
+def iter_trace(plan: Plan) -> Iterator[tuple[int, str, float]]:
+    """(step, removed sublayer, divergence) for each greedy step: the data of the card's plot."""
+    for entry in plan.trace:
+        yield entry["step"], entry["name"], entry["divergence"]
+
+
+SPEC = register_method(
+    MethodSpec(
+        name="finercut",
+        title="FinerCut: attention and MLP sublayer pruning",
+        reference_url="https://arxiv.org/abs/2405.18218",
+        params_cls=FinerCutParams,
+        plan_fn=plan_finercut,
+        needs_calibration=True,
+        unit_kind="sublayer",
+        citation="@article{zhang2024finercut, title={FinerCut: Finer-grained Interpretable Layer Pruning for "
+        "Large Language Models}, author={Zhang, Yang and Li, Yawei and Wang, Xinpeng and Shen, Qianli and "
+        "Plank, Barbara and Bischl, Bernd and Rezaei, Mina and Kawaguchi, Kenji}, "
+        "journal={arXiv preprint arXiv:2405.18218}, year={2024}}",
+    )
+)
