@@ -68,6 +68,7 @@ class PublishResult:
     commit_sha: str | None = None
     pr_url: str | None = None
     repo_url: str | None = None
+    unchanged: bool = False  # the target already held exactly these files: no commit was made
 
 
 def _say(message: str) -> None:
@@ -329,6 +330,18 @@ def _resolved_token() -> str | None:
         return None
 
 
+def _find_cause(err: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of `kinds` in `err`'s chain (itself, its cause, their context)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kinds):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _transport_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
     for module in ("httpx2", "httpx"):
@@ -450,15 +463,26 @@ def _publish_remote(
         raise PublishError(
             f"the Hub rejected the model card metadata, nothing was published: {text}"
         ) from None
-    except _transport_errors() as err:
+    except (RuntimeError, *_transport_errors()) as err:
+        # huggingface_hub wraps a failed LFS transfer in RuntimeError("Error while uploading ...").
+        cause = _find_cause(err, (HfHubHTTPError, *_transport_errors()))
+        if isinstance(cause, HfHubHTTPError):
+            raise PublishError(_http_message(cause, repo_id, where)) from None
+        if cause is None:
+            raise
         raise PublishError(
-            f"the connection to the Hub dropped while publishing {where} ({type(err).__name__}); "
+            f"the connection to the Hub dropped while publishing {where} ({type(cause).__name__}); "
             "nothing was committed: run the same command again to finish (uploaded files are not sent twice)"
         ) from None
 
     result.commit_url = info.commit_url
     result.commit_sha = info.oid
     result.pr_url = info.pr_url
+    if info.oid == head and not info.pr_url:
+        # huggingface_hub skips a commit that would change nothing and returns the current head.
+        result.unchanged = True
+        _say(f"{where} already holds this run folder; nothing to commit ({info.commit_url})")
+        return result
     _say(f"committed {info.commit_url}")
     if info.pr_url:
         _say(f"pull request {info.pr_url}")

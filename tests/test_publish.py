@@ -1,0 +1,330 @@
+"""`hubprune publish` against the loopback fake Hub (tests/hub_server.py), driven by the real
+huggingface_hub and transformers clients: full cycle, re-publish, branches and PRs, every failure
+the issue lists, and the token never leaking."""
+
+# First: importing the plugin points HF_ENDPOINT at the fake Hub before huggingface_hub is imported.
+import tests.conftest_hub  # noqa: F401, I001
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from hubprune.errors import PublishError
+from hubprune.publish import publish
+from tests.conftest_hub import HUB_TOKEN
+
+pytest_plugins = ["tests.conftest_hub"]  # the hub_server fixture (redundant once tests/conftest.py loads it)
+
+REPO = "test-user/tiny-pruned"
+WEIGHTS = (".safetensors", ".safetensors.index.json")
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tmp_path_factory) -> Path:
+    """A tiny Llama pruned by one block with hubprune's own pipeline: a real run folder."""
+    from hubprune.methods import Budget
+    from hubprune.pipeline import SourceOptions, prune
+    from tests.tiny import save_tiny
+
+    root = tmp_path_factory.mktemp("publish")
+    base = save_tiny(root / "base", "llama", num_layers=4)
+    run = root / "run"
+    prune(
+        SourceOptions(spec=str(base), base_model="test-org/tiny-llama"), "reverse-order", Budget.parse(1), run
+    )
+    return run
+
+
+@pytest.fixture
+def run_dir(pruned_run, tmp_path) -> Path:
+    """A fresh copy of the run folder for one test (publish re-renders its card)."""
+    return Path(shutil.copytree(pruned_run, tmp_path / "run"))
+
+
+@pytest.fixture
+def token(monkeypatch) -> str:
+    """The fake Hub's write token, given the way users give it: HF_TOKEN."""
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    return HUB_TOKEN
+
+
+def logits_of(model_dir: str | Path, **kwargs) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **kwargs).eval()
+    with torch.no_grad():
+        return model(torch.tensor([[1, 10, 20, 30, 40, 50, 60]])).logits
+
+
+def reshard(run_dir: Path, max_shard_size: str) -> list[str]:
+    """Re-save the run folder's weights with another shard count; returns the weight files."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
+    for path in run_dir.iterdir():
+        if path.name.endswith(WEIGHTS):
+            path.unlink()
+    model.save_pretrained(run_dir, max_shard_size=max_shard_size)
+    return sorted(p.name for p in run_dir.iterdir() if p.name.endswith(WEIGHTS))
+
+
+def remote_weights(hub, revision: str = "main") -> list[str]:
+    return sorted(p for p in hub.files(REPO, revision) if p.endswith(WEIGHTS))
+
+
+def head(hub, ref: str = "main") -> str:
+    return hub.repo(REPO).refs[ref]
+
+
+# -- the full cycle -------------------------------------------------------------------------------------
+
+
+def test_full_cycle(hub_server, run_dir, token):
+    """Catches anything between a run folder and a stranger's `from_pretrained(repo_id)`: same logits,
+    all files in one commit, the card's metadata readable with ModelCard.load, private honoured."""
+    from huggingface_hub import ModelCard, snapshot_download
+
+    before = logits_of(run_dir)
+    result = publish(run_dir, REPO, private=True)
+    repo = hub_server.repo(REPO)
+    assert repo.private is True
+    assert result.commit_sha == head(hub_server) and result.commit_url.endswith(result.commit_sha)
+    assert result.pr_url is None
+    # One commit on top of the repo's initial one, holding the card and the weights together.
+    assert len(repo.commits) == 2 and repo.commits[result.commit_sha].parent is not None
+    assert {"README.md", "model.safetensors", "hubprune.json", "layer_map.svg"} <= set(hub_server.files(REPO))
+
+    local = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
+    snapshot = Path(snapshot_download(REPO))
+    assert sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()) == sorted(
+        [*local, ".gitattributes"]
+    )
+    assert torch.equal(logits_of(REPO), before)
+
+    data = ModelCard.load(REPO).data.to_dict()
+    assert data["base_model"] == "test-org/tiny-llama"
+    assert data["base_model_relation"] == "finetune"
+    assert data["library_name"] == "transformers"
+    assert data["pipeline_tag"] == "text-generation"
+    assert data["tags"] == ["hubprune", "pruned", "reverse-order"]
+    card = (snapshot / "README.md").read_text(encoding="utf-8")
+    assert f'model_id = "{REPO}"' in card  # the quick start names the repo, not the local folder
+
+
+def test_commit_message_and_description(hub_server, run_dir, token, monkeypatch):
+    """Catches a commit that does not say what was cut, which hubprune made it, or which CI run."""
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_SERVER_URL", "https://github.example")
+    monkeypatch.setenv("GITHUB_REPOSITORY", "acme/models")
+    monkeypatch.setenv("GITHUB_RUN_ID", "4242")
+    result = publish(run_dir, REPO, private=False)
+    commit = hub_server.repo(REPO).commits[result.commit_sha]
+    assert (
+        commit.summary
+        == "Prune test-org/tiny-llama: remove 1 of 4 blocks with reverse-order (-23.4% parameters)"
+    )
+    assert "Published with hubprune 0.1.0." in commit.description
+    assert "GitHub Actions run: https://github.example/acme/models/actions/runs/4242" in commit.description
+    (run_dir / "NOTES.md").write_text("more\n", encoding="utf-8")
+    custom = publish(run_dir, REPO, private=False, commit_message="Custom title")
+    assert hub_server.repo(REPO).commits[custom.commit_sha].summary == "Custom title"
+
+
+def test_republish_unchanged_folder_makes_no_commit(hub_server, run_dir, token, capsys):
+    """Catches an identical re-publish printing a "committed" line for a commit that was not made."""
+    first = publish(run_dir, REPO, private=False)
+    again = publish(run_dir, REPO, private=False)
+    assert again.unchanged and again.commit_sha == first.commit_sha == head(hub_server)
+    assert "nothing to commit" in capsys.readouterr().out
+
+
+def test_republish_with_other_shard_count_leaves_no_stale_shard(hub_server, run_dir, token):
+    """Catches stale shards: going from 1 file to N shards and back must delete the old weights in the
+    same commit that adds the new ones, so the repo never mixes two checkpoints."""
+    single = sorted(p.name for p in run_dir.iterdir() if p.name.endswith(WEIGHTS))
+    publish(run_dir, REPO, private=False)
+    assert remote_weights(hub_server) == single == ["model.safetensors"]
+
+    sharded = reshard(run_dir, "150KB")
+    assert len(sharded) > 2  # several shards + the index
+    second = publish(run_dir, REPO, private=False)
+    assert remote_weights(hub_server) == sharded
+    assert torch.equal(logits_of(REPO), logits_of(run_dir))
+
+    assert reshard(run_dir, "2GB") == single
+    third = publish(run_dir, REPO, private=False)
+    assert remote_weights(hub_server) == single
+    repo = hub_server.repo(REPO)
+    assert repo.commits[third.commit_sha].parent == second.commit_sha  # one commit per publish
+
+
+def test_create_pr_leaves_main_untouched(hub_server, run_dir, token):
+    """Catches --create-pr writing to main: the PR holds the new content, main keeps the old."""
+    publish(run_dir, REPO, private=False)
+    main_before = head(hub_server)
+    reshard(run_dir, "150KB")
+    result = publish(run_dir, REPO, private=False, create_pr=True)
+    assert head(hub_server) == main_before
+    assert result.pr_url and result.pr_url.endswith("/discussions/1")
+    assert remote_weights(hub_server, "refs/pr/1") != remote_weights(hub_server, "main")
+    assert remote_weights(hub_server, "main") == ["model.safetensors"]
+
+
+def test_revision_publishes_to_a_new_branch(hub_server, run_dir, token):
+    """Catches --revision writing to main or failing on a branch that does not exist yet (new repo too)."""
+    result = publish(run_dir, REPO, private=False, revision="experiment")
+    repo = hub_server.repo(REPO)
+    assert repo.refs["experiment"] == result.commit_sha
+    assert "model.safetensors" in hub_server.files(REPO, "experiment")
+    assert set(hub_server.files(REPO, "main")) == {".gitattributes"}
+    (run_dir / "NOTES.md").write_text("more\n", encoding="utf-8")
+    again = publish(run_dir, REPO, private=False, revision="experiment")  # existing branch
+    assert repo.commits[again.commit_sha].parent == result.commit_sha
+
+
+def test_dry_run_changes_nothing(hub_server, run_dir, token, capsys):
+    """Catches a dry run that creates, uploads or rewrites anything; it must list files and metadata."""
+    card_before = (run_dir / "README.md").read_bytes() if (run_dir / "README.md").exists() else None
+    manifest_before = (run_dir / "hubprune.json").read_bytes()
+    result = publish(run_dir, REPO, private=True, dry_run=True)
+    out = capsys.readouterr().out
+    assert result.dry_run and result.commit_url is None
+    assert not any(method in ("POST", "PUT") for method, _ in hub_server.requests)
+    assert REPO not in {repo_id for _, repo_id in hub_server.repos}
+    assert "model.safetensors" in out and "base_model: test-org/tiny-llama" in out and "(new repo)" in out
+    assert (run_dir / "hubprune.json").read_bytes() == manifest_before
+    assert ((run_dir / "README.md").read_bytes() if (run_dir / "README.md").exists() else None) == card_before
+
+
+# -- failures: each one a clear error, nothing half-published --------------------------------------------
+
+
+def test_rejected_card_yaml(hub_server, run_dir, token):
+    """Catches a card the Hub rejects (400 on validate-yaml) creating a repo or uploading anything."""
+    hub_server.reject_yaml = '"license" must be a valid license id'
+    with pytest.raises(PublishError, match="rejected the model card metadata.*license"):
+        publish(run_dir, REPO, private=False)
+    assert not hub_server.repos
+    assert not any(method == "PUT" or "/commit/" in path for method, path in hub_server.requests)
+
+
+def test_bad_token(hub_server, run_dir, monkeypatch):
+    """Catches a refused token (401) surfacing as a traceback, or creating anything."""
+    monkeypatch.setenv("HF_TOKEN", "hf_test_not_the_right_one")
+    with pytest.raises(PublishError, match="refused the token \\(HTTP 401\\)") as info:
+        publish(run_dir, REPO, private=False)
+    assert "hf_test_not_the_right_one" not in str(info.value)
+    assert not hub_server.repos
+
+
+def test_no_token(hub_server, run_dir, monkeypatch):
+    """Catches a missing token being reported as a bad one."""
+    monkeypatch.setenv("HF_TOKEN", "")
+    with pytest.raises(PublishError, match="no Hub token is set"):
+        publish(run_dir, REPO, private=False)
+
+
+def test_repo_changed_under_us(hub_server, run_dir, token):
+    """Catches a commit on top of a head we did not look at (412 on parentCommit): nothing of ours lands."""
+    publish(run_dir, REPO, private=False)
+    reshard(run_dir, "150KB")
+    hub_server.race_next_commit = True
+    with pytest.raises(PublishError, match="changed on the Hub while publishing"):
+        publish(run_dir, REPO, private=False)
+    assert hub_server.repo(REPO).commits[head(hub_server)].summary == "Concurrent edit"
+    assert remote_weights(hub_server) == ["model.safetensors"]
+    publish(run_dir, REPO, private=False)  # re-running publishes on top of the new head
+    assert len(remote_weights(hub_server)) > 2
+
+
+def test_dropped_lfs_upload_then_rerun_completes(hub_server, run_dir, token, monkeypatch):
+    """Catches a dropped connection during the LFS upload leaving a half-published repo, or a re-run
+    that cannot finish. The client retries a dropped PUT 5 times; drop all 6 attempts."""
+    import huggingface_hub.utils._http as http
+
+    monkeypatch.setattr(http.time, "sleep", lambda seconds: None)  # skip the client's backoff waits
+    hub_server.drop_next_lfs_upload = 6
+    with pytest.raises(PublishError, match="connection to the Hub dropped.*run the same command again"):
+        publish(run_dir, REPO, private=False)
+    assert hub_server.dropped_lfs_uploads == 6
+    assert set(hub_server.files(REPO)) == {".gitattributes"}  # the repo exists, but no commit was made
+    hub_server.drop_next_lfs_upload = 0
+    result = publish(run_dir, REPO, private=False)
+    assert result.commit_sha == head(hub_server)
+    assert remote_weights(hub_server) == ["model.safetensors"]
+
+
+def test_model_that_does_not_load(hub_server, run_dir, token):
+    """Catches a broken folder reaching the Hub: validation fails before any request."""
+    (run_dir / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(PublishError, match="does not load with transformers.*nothing was uploaded"):
+        publish(run_dir, REPO, private=False)
+    assert hub_server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"repo_id": "not a repo"}, "not a valid Hub repo id"),
+        ({"repo_id": "no-owner"}, "must name its owner"),
+        ({"create_pr": True, "revision": "dev"}, "cannot be combined with --revision"),
+        ({"private": None}, "private or public"),
+    ],
+)
+def test_bad_arguments(hub_server, run_dir, kwargs, message):
+    """Catches bad arguments reaching the Hub instead of failing first with one sentence."""
+    args = {"repo_id": REPO, "private": False, **kwargs}
+    with pytest.raises(PublishError, match=message):
+        publish(run_dir, args.pop("repo_id"), **args)
+    assert hub_server.requests == []
+
+
+def test_not_a_run_folder(hub_server, tmp_path):
+    """Catches publishing a folder that hubprune did not write."""
+    with pytest.raises(PublishError, match="not a hubprune run folder"):
+        publish(tmp_path, REPO, private=False)
+
+
+def test_visibility_mismatch_is_refused(hub_server, run_dir, token):
+    """Catches --public silently publishing into an existing private repo (or the reverse)."""
+    publish(run_dir, REPO, private=True)
+    with pytest.raises(PublishError, match="already exists and is private"):
+        publish(run_dir, REPO, private=False)
+
+
+# -- the token --------------------------------------------------------------------------------------------
+
+
+def test_token_never_leaks(hub_server, run_dir, token, capfd, caplog, monkeypatch):
+    """Catches the token appearing in stdout/stderr, logs (huggingface_hub at DEBUG), README.md,
+    hubprune.json, any published file or the commit description, on success and on failure."""
+    from hubprune.cli import main
+
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("huggingface_hub").setLevel(logging.DEBUG)
+    monkeypatch.setenv("HF_DEBUG", "1")
+    assert main(["publish", str(run_dir), "--repo", REPO, "--private"]) == 0
+    assert main(["publish", str(run_dir), "--repo", REPO, "--private", "--dry-run"]) == 0
+    hub_server.reject_yaml = True
+    assert main(["publish", str(run_dir), "--repo", REPO, "--private"]) == 1
+    hub_server.reject_yaml = False
+    wrong = "hf_test_wrong_token_for_leak_check"
+    monkeypatch.setenv("HF_TOKEN", wrong)
+    assert main(["publish", str(run_dir), "--repo", REPO, "--private"]) == 1
+    captured = capfd.readouterr()
+    assert "committed http" in captured.out and "HTTP 401" in captured.err
+
+    texts = {"stdout": captured.out, "stderr": captured.err, "logs": caplog.text}
+    texts.update(
+        {p.name: p.read_text(encoding="utf-8", errors="replace") for p in run_dir.rglob("*") if p.is_file()}
+    )
+    repo = hub_server.repo(REPO)
+    texts.update({f"commit {c.sha}": c.summary + c.description for c in repo.commits.values()})
+    texts.update({f"hub:{p}": data.decode("utf-8", "replace") for p, data in hub_server.files(REPO).items()})
+    assert "README.md" in texts and "hubprune.json" in texts
+    for secret in (HUB_TOKEN, wrong):
+        leaks = [name for name, text in texts.items() if secret in text]
+        assert not leaks, f"token found in {leaks}"
