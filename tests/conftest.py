@@ -14,6 +14,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+# The loopback Hub: starts a server and points HF_ENDPOINT at it before any test module imports
+# huggingface_hub (see tests/conftest_hub.py).
+pytest_plugins = ["tests.conftest_hub"]
+
 
 @pytest.fixture(scope="session")
 def smollm2_dir():
