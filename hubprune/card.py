@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hubprune import __version__
-from hubprune.layer_map import write_pictures
+from hubprune.layer_map import LAYER_MAP_NAME, TRACE_PLOT_NAME, pictures, write_pictures
 from hubprune.plan import MANIFEST_NAME, Manifest, Plan, Unit
 
 CARD_NAME = "README.md"
@@ -498,16 +498,22 @@ def _base_model_id(manifest: Manifest) -> str | None:
 
 
 def build_context(
-    run_dir: str | Path, manifest: Manifest | None = None, *, repo_id: str | None = None
+    run_dir: str | Path, manifest: Manifest | None = None, *, repo_id: str | None = None, write: bool = True
 ) -> dict[str, Any]:
     """Every variable the template uses, from the run folder. Absent data is None or empty, and
-    the template leaves the section out. Writes the layer map (and trace plot) into the folder."""
+    the template leaves the section out. With `write`, draws the layer map (and trace plot) into
+    the folder; without, only decides which pictures the card links."""
     folder = Path(run_dir)
     manifest = manifest or Manifest.load(folder)
     plan, before, after = manifest.plan, manifest.model_before, manifest.model_after
     source = manifest.source
     method = _method_info(plan.method)
-    pictures = write_pictures(plan, int(before["num_blocks"]), folder, value_name=_trace_value_name(plan))
+    blocks, value_name = int(before["num_blocks"]), _trace_value_name(plan)
+    drawn = (
+        write_pictures(plan, blocks, folder, value_name=value_name)
+        if write
+        else pictures(plan, blocks, value_name=value_name)
+    )
     report = load_evaluation(folder, manifest)
     rows = eval_rows(report)
     export = manifest.export or {}
@@ -555,8 +561,8 @@ def build_context(
         "score_meaning": plan.score_meaning,
         "all_scores": _all_scores(plan),
         "sublayers": sublayers,
-        "layer_map": pictures["layer_map"],
-        "trace_plot": pictures["trace_plot"],
+        "layer_map": LAYER_MAP_NAME,
+        "trace_plot": TRACE_PLOT_NAME if drawn[TRACE_PLOT_NAME] is not None else None,
         "trace_value_name": _trace_value_name(plan),
         "export_format": export_format,
         "zero_filled": zero_filled,
@@ -652,13 +658,14 @@ def card_data(context: Mapping[str, Any], manifest: Manifest) -> Any:
     return ModelCardData(**{k: v for k, v in kwargs.items() if v is not None})
 
 
-def render_card_text(run_dir: str | Path, *, repo_id: str | None = None) -> str:
-    """The full README.md text (YAML metadata + body) for a run folder."""
+def render_card_text(run_dir: str | Path, *, repo_id: str | None = None, write_pictures: bool = False) -> str:
+    """The full README.md text (YAML metadata + body) for a run folder; writes nothing unless
+    `write_pictures` (the layer map and trace plot the card links)."""
     from huggingface_hub import ModelCard
 
     folder = Path(run_dir)
     manifest = Manifest.load(folder)
-    context = build_context(folder, manifest, repo_id=repo_id)
+    context = build_context(folder, manifest, repo_id=repo_id, write=write_pictures)
     body = environment().get_template(TEMPLATE_NAME).render(**context)
     data = card_data(context, manifest)
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body.strip()}\n")
@@ -674,7 +681,7 @@ def render_card(run_dir: str | Path, *, repo_id: str | None = None) -> Path:
         from hubprune.errors import ExportError
 
         raise ExportError(f"{folder} is not a hubprune run folder (it has no {MANIFEST_NAME})")
-    text = render_card_text(folder, repo_id=repo_id)
+    text = render_card_text(folder, repo_id=repo_id, write_pictures=True)
     path = folder / CARD_NAME
     path.write_text(text, encoding="utf-8")
     return path

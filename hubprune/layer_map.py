@@ -201,16 +201,25 @@ def trace_svg(plan: Plan, *, value_name: str = "objective") -> str | None:
     return "\n".join(out) + "\n"
 
 
+def pictures(plan: Plan, num_blocks: int, *, value_name: str = "objective") -> dict[str, str | None]:
+    """File name -> SVG text of the card's pictures: the layer map, and the trace plot (None
+    when the plan has no trace, meaning "remove a stale one")."""
+    return {
+        LAYER_MAP_NAME: layer_map_svg(plan, num_blocks),
+        TRACE_PLOT_NAME: trace_svg(plan, value_name=value_name),
+    }
+
+
 def write_pictures(
     plan: Plan, num_blocks: int, run_dir: str | Path, *, value_name: str = "objective"
-) -> dict[str, Any]:
-    """Write the layer map (always) and the trace plot (when the plan has a trace) into
-    `run_dir`; returns the file names written, keyed `layer_map` and `trace_plot` (None if absent)."""
+) -> dict[str, str | None]:
+    """Write the layer map and, when the plan has a trace, the trace plot into `run_dir`;
+    returns the pictures as :func:`pictures` does."""
     folder = Path(run_dir)
-    (folder / LAYER_MAP_NAME).write_text(layer_map_svg(plan, num_blocks), encoding="utf-8")
-    trace = trace_svg(plan, value_name=value_name)
-    if trace is not None:
-        (folder / TRACE_PLOT_NAME).write_text(trace, encoding="utf-8")
-    else:
-        (folder / TRACE_PLOT_NAME).unlink(missing_ok=True)  # a stale plot from an earlier plan
-    return {"layer_map": LAYER_MAP_NAME, "trace_plot": TRACE_PLOT_NAME if trace is not None else None}
+    drawn = pictures(plan, num_blocks, value_name=value_name)
+    for name, svg in drawn.items():
+        if svg is None:
+            (folder / name).unlink(missing_ok=True)  # a stale plot from an earlier plan
+        else:
+            (folder / name).write_text(svg, encoding="utf-8")
+    return drawn

@@ -379,6 +379,8 @@ def _publish_remote(
         RevisionNotFoundError,
     )
 
+    from hubprune.card import render_card
+
     api = HfApi(token=token)
     where = f"{repo_id}@{branch}"
     result = PublishResult(
@@ -429,7 +431,7 @@ def _publish_remote(
             head = api.repo_info(repo_id, revision=None if create_pr else revision).sha
 
         if rewrite_card:
-            (folder / "README.md").write_text(card_text, encoding="utf-8")
+            render_card(folder, repo_id=repo_id)  # the card checked above, and the pictures it links
         manifest.stages["publish"] = {
             "repo_id": repo_id,
             "revision": branch,

@@ -2,9 +2,6 @@
 huggingface_hub and transformers clients: full cycle, re-publish, branches and PRs, every failure
 the issue lists, and the token never leaking."""
 
-# First: importing the plugin points HF_ENDPOINT at the fake Hub before huggingface_hub is imported.
-import tests.conftest_hub  # noqa: F401, I001
-
 import logging
 import shutil
 from pathlib import Path
@@ -15,8 +12,6 @@ import torch
 from hubprune.errors import PublishError
 from hubprune.publish import publish
 from tests.conftest_hub import HUB_TOKEN
-
-pytest_plugins = ["tests.conftest_hub"]  # the hub_server fixture (redundant once tests/conftest.py loads it)
 
 REPO = "test-user/tiny-pruned"
 WEIGHTS = (".safetensors", ".safetensors.index.json")
@@ -186,17 +181,16 @@ def test_revision_publishes_to_a_new_branch(hub_server, run_dir, token):
 
 
 def test_dry_run_changes_nothing(hub_server, run_dir, token, capsys):
-    """Catches a dry run that creates, uploads or rewrites anything; it must list files and metadata."""
-    card_before = (run_dir / "README.md").read_bytes() if (run_dir / "README.md").exists() else None
-    manifest_before = (run_dir / "hubprune.json").read_bytes()
+    """Catches a dry run that creates, uploads or writes anything (on the Hub or in the run folder);
+    it must list the files it would upload and the card metadata."""
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     result = publish(run_dir, REPO, private=True, dry_run=True)
     out = capsys.readouterr().out
     assert result.dry_run and result.commit_url is None
     assert not any(method in ("POST", "PUT") for method, _ in hub_server.requests)
-    assert REPO not in {repo_id for _, repo_id in hub_server.repos}
+    assert not hub_server.repos
     assert "model.safetensors" in out and "base_model: test-org/tiny-llama" in out and "(new repo)" in out
-    assert (run_dir / "hubprune.json").read_bytes() == manifest_before
-    assert ((run_dir / "README.md").read_bytes() if (run_dir / "README.md").exists() else None) == card_before
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 # -- failures: each one a clear error, nothing half-published --------------------------------------------
