@@ -52,6 +52,11 @@ class ArchAdapter:
     )
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    # Compact export of sublayer removal: "decilm" when the nemotron-nas `block_configs` schema
+    # (a Llama block with optional attention / MLP) expresses the family exactly, else None with
+    # `compact_note` saying why not.
+    compact_schema: str | None = None
+    compact_note: str = ""
 
     # -- navigation ---------------------------------------------------------------------------
     def blocks(self, model: nn.Module) -> nn.ModuleList:

@@ -2,27 +2,42 @@
 
 from hubprune.arch.adapter import ArchAdapter
 
-LLAMA = ArchAdapter(family="llama", model_types=("llama",))
+LLAMA = ArchAdapter(family="llama", model_types=("llama",), compact_schema="decilm")
 
-MISTRAL = ArchAdapter(family="mistral", model_types=("mistral",))
+# Mistral is a Llama block; the compact export refuses checkpoints that use a sliding window.
+MISTRAL = ArchAdapter(family="mistral", model_types=("mistral",), compact_schema="decilm")
+
+_NO_DECILM = "the nemotron-nas (DeciLM) schema describes Llama blocks only; "
 
 # Qwen2/3: blocks at index >= max_window_layers use sliding-window attention when enabled;
 # transformers 5 also writes the expanded `layer_types` list, which is what the model reads.
-QWEN2 = ArchAdapter(family="qwen2", model_types=("qwen2",), window_prefix_config=("max_window_layers",))
+QWEN2 = ArchAdapter(
+    family="qwen2",
+    model_types=("qwen2",),
+    window_prefix_config=("max_window_layers",),
+    compact_note=_NO_DECILM + "Qwen2 has q/k/v biases without an o_proj bias and per-layer sliding windows",
+)
 
-QWEN3 = ArchAdapter(family="qwen3", model_types=("qwen3",), window_prefix_config=("max_window_layers",))
+QWEN3 = ArchAdapter(
+    family="qwen3",
+    model_types=("qwen3",),
+    window_prefix_config=("max_window_layers",),
+    compact_note=_NO_DECILM + "Qwen3 normalises queries and keys (q_norm/k_norm)",
+)
 
 # Gemma 2/3 wrap each sublayer in two norms ("sandwich"): the post-norm of a zeroed output is zero.
 _GEMMA = dict(
     attention_norms=("input_layernorm", "post_attention_layernorm"),
     mlp_norms=("pre_feedforward_layernorm", "post_feedforward_layernorm"),
 )
-GEMMA2 = ArchAdapter(family="gemma2", model_types=("gemma2",), **_GEMMA)
+_GEMMA_NOTE = _NO_DECILM + "Gemma has sandwich norms, scaled embeddings and logit soft-capping"
+GEMMA2 = ArchAdapter(family="gemma2", model_types=("gemma2",), compact_note=_GEMMA_NOTE, **_GEMMA)
 
 GEMMA3 = ArchAdapter(
     family="gemma3",
     model_types=("gemma3_text",),
     notes="text-only Gemma 3 (Gemma3ForCausalLM); the multimodal gemma3 checkpoints are not supported",
+    compact_note=_GEMMA_NOTE,
     **_GEMMA,
 )
 
@@ -33,6 +48,7 @@ PHI3 = ArchAdapter(
     attention_in=("qkv_proj",),
     mlp_in=("gate_up_proj",),
     lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+    compact_note=_NO_DECILM + "Phi-3's fused projections and rotary variants are not expressed yet",
 )
 
 ALL: tuple[ArchAdapter, ...] = (LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA2, GEMMA3, PHI3)

@@ -1,0 +1,223 @@
+"""The compact export: removed attention / MLP sublayers really gone, in the nemotron-nas schema.
+
+The config is NVIDIA's DeciLM / `nemotron-nas` format (`architectures: ["DeciLMForCausalLM"]`,
+one `block_configs` entry per block with `attention.no_op`, `attention.n_heads_in_group`,
+`ffn.no_op`, `ffn.ffn_mult`), which vLLM serves natively. transformers loads it through the
+configuration and modeling files in `templates/remote/`, copied into the folder and named in
+`auto_map` (`trust_remote_code=True`); NVIDIA's own copy does not run on transformers 5.
+
+Only families whose blocks are Llama blocks can be written this way (adapter field
+`compact_schema == "decilm"`); others are refused with the adapter's reason. The MLP width
+must round-trip through DeciLM's `ffn_mult` rule (int(2·mult·hidden/3) rounded up to a multiple
+of 256, vLLM `nemotron_nas.py`), or the export is refused rather than written wrong.
+
+Weight names are those of the native Llama checkpoint minus the removed modules: a block
+without attention has no `self_attn.*` and no `input_layernorm`; one without MLP has no `mlp.*`
+and no `post_attention_layernorm`. Before writing, the weights are loaded strictly into a model
+built from the written config, so names and shapes are checked against the remote code itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hubprune.arch import ArchAdapter
+from hubprune.errors import ExportError, UnsupportedArchitectureError
+from hubprune.export import DEFAULT_MAX_SHARD_SIZE, copy_license_files, prepare_out_dir
+from hubprune.sublayers import is_removed
+
+REMOTE_DIR = Path(__file__).resolve().parents[1] / "templates" / "remote"
+REMOTE_FILES = ("configuration_decilm.py", "modeling_decilm.py")
+AUTO_MAP = {
+    "AutoConfig": "configuration_decilm.DeciLMConfig",
+    "AutoModelForCausalLM": "modeling_decilm.DeciLMForCausalLM",
+}
+# Keys of the native config that describe what the DeciLM config says per block, or that name
+# the native class; they are dropped from the compact config.
+_DROPPED_KEYS = (
+    "architectures",
+    "model_type",
+    "auto_map",
+    "layer_types",
+    "use_sliding_window",
+    "max_window_layers",
+    "_name_or_path",
+    "transformers_version",
+)
+
+
+def ffn_mult_to_intermediate_size(ffn_mult: float, hidden_size: int) -> int:
+    """DeciLM's MLP width rule (vLLM `nemotron_nas.py`): int(2·mult·hidden/3), rounded up to 256."""
+    size = int(2 * ffn_mult * hidden_size / 3)
+    return size if size % 256 == 0 else size + 256 - size % 256
+
+
+def ffn_mult_for(intermediate_size: int, hidden_size: int) -> float:
+    """The `ffn_mult` that reproduces `intermediate_size` exactly; ExportError when none does."""
+    exact = 3 * intermediate_size / (2 * hidden_size)
+    for candidate in (exact, round(exact, 6), exact + 1e-9, exact * (1 + 1e-12)):
+        if ffn_mult_to_intermediate_size(candidate, hidden_size) == intermediate_size:
+            return candidate
+    raise ExportError(
+        f"MLP width {intermediate_size} cannot be written as a DeciLM ffn_mult for hidden size "
+        f"{hidden_size} (DeciLM rounds widths up to a multiple of 256); use --format plain"
+    )
+
+
+def check_compact_supported(model: nn.Module, adapter: ArchAdapter) -> None:
+    """Refuse, with one sentence, a model the nemotron-nas schema cannot express."""
+    if adapter.compact_schema != "decilm":
+        raise UnsupportedArchitectureError(
+            f"the compact format cannot express family '{adapter.family}': {adapter.compact_note}; "
+            "use --format plain"
+        )
+    config = model.config
+    if getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):
+        raise UnsupportedArchitectureError(
+            "the compact format cannot express sliding-window attention; use --format plain"
+        )
+    heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", None)
+    if kv_heads and heads % kv_heads:
+        raise UnsupportedArchitectureError(f"{heads} query heads do not split into {kv_heads} KV groups")
+    ffn_mult_for(config.intermediate_size, config.hidden_size)
+
+
+def block_configs(model: nn.Module, adapter: ArchAdapter) -> list[dict[str, Any]]:
+    """One nemotron-nas `block_configs` entry per block of the (sublayer-removed) model."""
+    config = model.config
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    group = config.num_attention_heads // kv_heads
+    mult = ffn_mult_for(config.intermediate_size, config.hidden_size)
+    out = []
+    for block in adapter.blocks(model):
+        no_attn = is_removed(block, adapter, "attn")
+        no_mlp = is_removed(block, adapter, "mlp")
+        out.append(
+            {
+                "attention": {
+                    "no_op": no_attn,
+                    "replace_with_linear": False,
+                    "n_heads_in_group": None if no_attn else group,
+                },
+                "ffn": {"no_op": no_mlp, "replace_with_linear": False, "ffn_mult": None if no_mlp else mult},
+            }
+        )
+    return out
+
+
+def compact_config(model: nn.Module, adapter: ArchAdapter) -> dict[str, Any]:
+    """The config.json of the compact export."""
+    native = model.config.to_dict()
+    config = {k: v for k, v in native.items() if k not in _DROPPED_KEYS}
+    config.update(
+        architectures=["DeciLMForCausalLM"],
+        model_type="nemotron-nas",
+        auto_map=dict(AUTO_MAP),
+        num_hidden_layers=adapter.num_blocks(model),
+        block_configs=block_configs(model, adapter),
+    )
+    return config
+
+
+def _copy_remote_code(folder: Path) -> list[str]:
+    for name in REMOTE_FILES:
+        shutil.copyfile(REMOTE_DIR / name, folder / name)
+    return list(REMOTE_FILES)
+
+
+def _build_compact(folder: Path, state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
+    """Instantiate the remote-code model from `folder` and load `state_dict` into it strictly."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    with torch.device("meta"):
+        compact = AutoModelForCausalLM.from_config(config, trust_remote_code=True, dtype=dtype)
+    expected = {k: tuple(v.shape) for k, v in compact.state_dict().items()}
+    actual = {k: tuple(v.shape) for k, v in state_dict.items()}
+    if expected.keys() != actual.keys():
+        missing = sorted(expected.keys() - actual.keys())[:3]
+        extra = sorted(actual.keys() - expected.keys())[:3]
+        raise ExportError(
+            f"compact weights do not match the compact config (missing {missing}, unexpected {extra})"
+        )
+    for name, shape in expected.items():
+        if actual[name] != shape:
+            raise ExportError(
+                f"tensor {name} has shape {actual[name]} but the compact config implies {shape}"
+            )
+    compact.load_state_dict(state_dict, strict=True, assign=True)
+    if getattr(config, "tie_word_embeddings", False):
+        compact.tie_weights()
+    return compact.eval()
+
+
+def export_compact(
+    model: nn.Module,
+    adapter: ArchAdapter,
+    tokenizer: Any,
+    out_dir: str | Path,
+    *,
+    source_dir: Path | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    overwrite: bool = False,
+    extra_files: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Write `model` (sublayers removed in memory, see :mod:`hubprune.sublayers`) as a nemotron-nas
+    checkpoint with our remote code; returns the manifest's export record."""
+    check_compact_supported(model, adapter)
+    out = prepare_out_dir(out_dir, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)
+    config = compact_config(model, adapter)
+    try:
+        (tmp / "config.json").write_text(
+            json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+        remote = _copy_remote_code(tmp)
+        dtype = next(model.parameters()).dtype
+        compact = _build_compact(tmp, dict(model.state_dict()), dtype)
+        compact.save_pretrained(tmp, max_shard_size=max_shard_size)
+        # save_pretrained rewrites config.json from the loaded config; keep ours, which is the
+        # schema vLLM reads, and make sure the remote code sits beside it.
+        (tmp / "config.json").write_text(
+            json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+        _copy_remote_code(tmp)
+        generation_config = getattr(model, "generation_config", None)
+        if generation_config is not None:
+            generation_config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        licenses = copy_license_files(source_dir, tmp) if source_dir is not None else []
+        for name, text in (extra_files or {}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(text, encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    blocks = config["block_configs"]
+    return {
+        "format": "compact",
+        "schema": "nemotron-nas (DeciLM block_configs)",
+        "architectures": config["architectures"],
+        "trust_remote_code": True,
+        "remote_code": remote,
+        "attention_blocks": sum(1 for b in blocks if not b["attention"]["no_op"]),
+        "mlp_blocks": sum(1 for b in blocks if not b["ffn"]["no_op"]),
+        "zero_filled": False,
+        "max_shard_size": max_shard_size,
+        "files": files,
+        "license_files": licenses,
+    }
