@@ -63,16 +63,20 @@ def layer_map_svg(plan: Plan, num_blocks: int) -> str:
     partial = {u.block for u in plan.removed if u.kind in ("heads", "channels", "width")}
 
     cell, gap, left, top = 22, 2, 84, 34
-    width = left + num_blocks * (cell + gap) + 16
+    what = "sublayers" if len(rows) == 2 else ("blocks" if not partial else "units")
+    title = (
+        f"{plan.method}: {len(plan.removed)} of {_unit_total(plan, num_blocks, rows)} {what} removed "
+        "(input at the left)"
+    )
+    # ~7 px per character at 13 px: wide enough for the title even with few blocks.
+    width = max(left + num_blocks * (cell + gap) + 16, 16 + 7 * len(title))
     height = top + len(rows) * (cell + gap) + 58
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img">',
         f"<title>Layer map: {len(plan.removed)} unit(s) removed by {escape(plan.method)}</title>",
         f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
-        f'<text x="{left}" y="18" font-size="13" {_FONT} fill="{_TEXT}">'
-        f"{escape(plan.method)}: {len(plan.removed)} of {_unit_total(plan, num_blocks, rows)} "
-        f"{'sublayers' if len(rows) == 2 else 'blocks'} removed (input at the left)</text>",
+        f'<text x="8" y="18" font-size="13" {_FONT} fill="{_TEXT}">{escape(title)}</text>',
     ]
     for r, (label, kind) in enumerate(rows):
         y = top + r * (cell + gap)
@@ -146,6 +150,7 @@ def trace_points(plan: Plan) -> list[tuple[int, float, str]]:
 
 def trace_svg(plan: Plan, *, value_name: str = "objective") -> str | None:
     """A line plot of the search objective against the number of removed units, or None."""
+    x_label = f"{'sublayers' if _rows_for(plan)[0][1] == 'attn' else 'units'} removed"
     points = trace_points(plan)
     if not points:
         return None
@@ -191,7 +196,7 @@ def trace_svg(plan: Plan, *, value_name: str = "objective") -> str | None:
         )
     out.append(
         f'<text x="{(left + w - right) / 2:.1f}" y="{h - 12}" font-size="12" text-anchor="middle" {_FONT} '
-        f'fill="{_TEXT}">units removed</text>'
+        f'fill="{_TEXT}">{x_label}</text>'
     )
     out.append(
         f'<text x="16" y="{(top + h - bottom) / 2:.1f}" font-size="12" text-anchor="middle" {_FONT} '
