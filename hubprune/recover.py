@@ -1,0 +1,759 @@
+"""Recovery fine-tuning: heal a pruned model with LoRA or partial fine-tuning, then export it plain.
+
+Two modes, both trained with transformers' `Trainer` (so `accelerate launch` with a DDP, FSDP or
+DeepSpeed config runs this same code on many GPUs or machines):
+
+* ``partial`` (*Reassessing Layer Pruning in LLMs*, arXiv 2411.15558): freeze everything and
+  train `lm_head`, the final norm and the last `last_k` blocks. Their recipe after removing the
+  last blocks: Alpaca-cleaned, 2 epochs, lr 1e-5, batch 64, cutoff 256, k = 3.
+* ``lora``: a peft `LoraConfig` on the family's attention and MLP projections (r 8, alpha 16,
+  dropout 0.05 by default), merged into the weights afterwards so the published model is a
+  plain checkpoint; the adapter can also be kept.
+
+Tied embeddings are never changed silently: when `lm_head` shares its matrix with the input
+embeddings, `tied_embeddings` says whether to leave it frozen (default), untie it (lm_head gets
+its own trainable copy; the model grows by vocab x hidden) or train the shared matrix.
+
+:func:`recover` reads a run folder and writes a NEW one (the input is never modified) with a
+manifest whose `stages["recover"]` records the settings, the data provenance, the trainable
+parameters, the tied-embedding choice and the training curve. Checkpoints go to
+`<out>.checkpoints` (or `checkpoint_dir`); a re-run with the same settings resumes from the last
+one, and they are removed once the run folder is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hubprune import data as data_mod
+from hubprune import offline
+from hubprune.arch import ArchAdapter, adapter_for
+from hubprune.errors import DataError, RecipeError
+from hubprune.plan import Manifest, library_versions, token_ids_sha256
+from hubprune.recipe import LoraSection, RecoverySettings, recovery_settings
+
+__all__ = ["RecoverySettings", "LoraSection", "recover", "recovery_settings", "prepare_data", "TrainingData"]
+
+logger = logging.getLogger("hubprune.recover")
+
+STATE_FILE = "hubprune-recover.json"  # in the checkpoint folder: what the checkpoints belong to
+# Stage records that describe the *input* model and would be wrong for the recovered one.
+_STALE_STAGES = ("evaluate", "card", "publish")
+# Settings that do not change what is trained: a resumed run may differ in these.
+_RESUME_NEUTRAL = ("checkpoint_dir", "keep_checkpoints", "logging_steps", "save_total_limit", "device")
+
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task{with_input}. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
+)
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+_TEXT_SUFFIXES = (".txt", ".cor", ".text", ".md")
+
+
+@dataclass
+class TrainingData:
+    """Tokenised examples (`input_ids`, `labels`; -100 = no loss) and where they came from."""
+
+    train: list[dict[str, list[int]]]
+    eval: list[dict[str, list[int]]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _load_split(settings: RecoverySettings, split: str) -> tuple[Any, dict[str, Any]]:
+    """One split as a `datasets.Dataset`, from offline:NAME, a local file or the Hub."""
+    import datasets
+
+    spec = settings.data
+    local: Path | None = None
+    info: dict[str, Any] = {"source": spec}
+    if spec.startswith(offline.PREFIX):
+        local, column = offline.text_path(spec)
+        info.update(kind="offline", default_text_column=column)
+    elif Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")):
+        local = Path(spec).expanduser()
+        if not local.is_file():
+            raise DataError(f"training data file {spec} does not exist")
+        info.update(kind="file")
+    try:
+        if local is not None:
+            suffix = local.suffix.lower()
+            builder = "text" if suffix in _TEXT_SUFFIXES else _BUILDERS.get(suffix)
+            if builder is None:
+                raise DataError(
+                    f"unsupported training file type '{suffix}' for {local}; use .txt, .jsonl, .json, .parquet or .csv"
+                )
+            ds = datasets.load_dataset(builder, data_files=str(local), split="train")
+            info["file_sha256"] = hashlib.sha256(local.read_bytes()).hexdigest()
+        else:
+            ds = datasets.load_dataset(
+                spec, settings.data_config, split=split, revision=settings.data_revision
+            )
+            info.update(kind="hub-dataset", config=settings.data_config, split=split)
+            info["revision"] = _dataset_sha(spec, settings.data_revision)
+    except DataError:
+        raise
+    except Exception as err:  # datasets raises many types; the user needs the one line
+        raise DataError(f"could not load training data '{spec}' (split {split}): {err}") from None
+    return ds, info
+
+
+def _dataset_sha(repo_id: str, revision: str | None) -> str | None:
+    """The resolved commit of a Hub dataset, for provenance (best effort)."""
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(repo_id, revision=revision).sha
+    except Exception:
+        return revision
+
+
+def detect_format(settings: RecoverySettings, columns: list[str]) -> str:
+    """`auto` -> chat (a messages column), instruction (instruction + output) or text."""
+    if settings.format != "auto":
+        return settings.format
+    if settings.messages_column in columns:
+        return "chat"
+    if settings.instruction_column in columns and settings.output_column in columns:
+        return "instruction"
+    return "text"
+
+
+def _require_columns(columns: list[str], needed: list[str], settings: RecoverySettings, fmt: str) -> None:
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise DataError(
+            f"training data '{settings.data}' has no '{missing[0]}' column for the {fmt} format "
+            f"(it has: {', '.join(columns)}); name the column in the recovery settings "
+            f"(text_column, instruction_column, output_column or messages_column)"
+        )
+
+
+def _prompt_and_answer(row: dict[str, Any], settings: RecoverySettings, fmt: str) -> tuple[list, str]:
+    """(conversation without the answer, the answer) for instruction and chat rows."""
+    if fmt == "chat":
+        messages = list(row[settings.messages_column])
+        if not messages or messages[-1].get("role") != "assistant":
+            raise DataError(
+                f"a '{settings.messages_column}' conversation in '{settings.data}' does not end with an "
+                "assistant message"
+            )
+        return messages[:-1], str(messages[-1]["content"])
+    instruction = str(row[settings.instruction_column] or "")
+    extra = str(row.get(settings.input_column) or "")
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return [{"role": "user", "content": user}], str(row[settings.output_column] or "")
+
+
+def _encode_conversation(
+    tokenizer: Any, row: dict[str, Any], settings: RecoverySettings, fmt: str
+) -> dict[str, list[int]] | None:
+    """One supervised example: the chat template when the tokenizer has one, else the Alpaca prompt.
+
+    The prompt's tokens get label -100 unless `train_on_prompt`, so the loss is on the answer.
+    """
+    prompt_messages, answer = _prompt_and_answer(row, settings, fmt)
+    if getattr(tokenizer, "chat_template", None):
+        prompt_text = tokenizer.apply_chat_template(
+            prompt_messages, tokenize=False, add_generation_prompt=True
+        )
+        full_text = tokenizer.apply_chat_template(
+            prompt_messages + [{"role": "assistant", "content": answer}], tokenize=False
+        )
+        if not full_text.startswith(prompt_text):  # a template that rewrites earlier turns
+            prompt_text = ""
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
+    else:
+        if fmt == "chat":
+            raise DataError("chat-format training data needs a tokenizer with a chat template")
+        extra = str(row.get(settings.input_column) or "")
+        prompt_text = ALPACA_PROMPT.format(
+            with_input=", paired with an input that provides further context" if extra.strip() else "",
+            instruction=str(row[settings.instruction_column] or ""),
+            input_block=f"### Input:\n{extra}\n\n" if extra.strip() else "",
+        )
+        prefix = [tokenizer.bos_token_id] if data_mod.tokenizer_adds_bos(tokenizer) else []
+        prompt_ids = prefix + tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        ids = prompt_ids + tokenizer(answer, add_special_tokens=False)["input_ids"] + eos
+    ids = ids[: settings.seq_len]
+    cut = 0 if settings.train_on_prompt else min(len(prompt_ids), len(ids))
+    labels = [-100] * cut + ids[cut:]
+    if all(label == -100 for label in labels[1:]):
+        return None  # the answer was truncated away: nothing to learn from
+    return {"input_ids": ids, "labels": labels}
+
+
+def _pack_text(tokenizer: Any, texts: list[str], seq_len: int) -> list[dict[str, list[int]]]:
+    """Concatenate documents (EOS between them) and cut full windows of `seq_len` tokens."""
+    add_bos = data_mod.tokenizer_adds_bos(tokenizer)
+    body = seq_len - 1 if add_bos else seq_len
+    separator = tokenizer.eos_token or "\n\n"
+    ids = tokenizer(separator.join(texts), add_special_tokens=False)["input_ids"]
+    windows = []
+    for start in range(0, len(ids) - body + 1, body):
+        window = ([tokenizer.bos_token_id] if add_bos else []) + ids[start : start + body]
+        windows.append({"input_ids": window, "labels": list(window)})
+    return windows
+
+
+def prepare_data(tokenizer: Any, settings: RecoverySettings) -> TrainingData:
+    """Load, format, tokenise and split the training data.
+
+    Plain text is packed into full windows; instruction and chat rows become one example each
+    (truncated to `seq_len`). Without `eval_split`, `eval_fraction` of the rows (at most
+    `max_eval_examples`, at least one) is held out, chosen with `seed` before formatting so
+    held-out text is never trained on.
+    """
+    train_ds, info = _load_split(settings, settings.split)
+    columns = list(train_ds.column_names)
+    fmt = detect_format(settings, columns)
+    text_column = settings.text_column or info.pop("default_text_column", None) or "text"
+    info.pop("default_text_column", None)
+    needed = {
+        "text": [text_column],
+        "instruction": [settings.instruction_column, settings.output_column],
+        "chat": [settings.messages_column],
+    }[fmt]
+    _require_columns(columns, needed, settings, fmt)
+    rows = [dict(r) for r in train_ds]
+    if settings.eval_split is not None:
+        eval_ds, _ = _load_split(settings, settings.eval_split)
+        _require_columns(list(eval_ds.column_names), needed, settings, fmt)
+        eval_rows = [dict(r) for r in eval_ds][: settings.max_eval_examples]
+    else:
+        if len(rows) < 2:
+            raise DataError(
+                f"training data '{settings.data}' has {len(rows)} row(s); need at least 2 to hold one out"
+            )
+        order = list(range(len(rows)))
+        random.Random(settings.seed).shuffle(order)
+        held = max(1, min(settings.max_eval_examples, round(len(rows) * settings.eval_fraction)))
+        eval_rows = [rows[i] for i in order[:held]]
+        rows = [rows[i] for i in sorted(order[held:])]
+
+    def encode(batch: list[dict[str, Any]]) -> list[dict[str, list[int]]]:
+        if fmt == "text":
+            return _pack_text(
+                tokenizer, [str(r[text_column]) for r in batch if r[text_column]], settings.seq_len
+            )
+        encoded = (_encode_conversation(tokenizer, r, settings, fmt) for r in batch)
+        return [e for e in encoded if e is not None]
+
+    train, held_out = encode(rows), encode(eval_rows)
+    if not train:
+        raise DataError(f"training data '{settings.data}' gives no example of {settings.seq_len} tokens")
+    if not held_out:
+        raise DataError(
+            f"the held-out part of '{settings.data}' gives no example of {settings.seq_len} tokens; "
+            "raise eval_fraction or lower seq_len"
+        )
+    all_ids = [t for e in train for t in e["input_ids"]]
+    info.update(
+        format=fmt,
+        split=settings.split,
+        eval_split=settings.eval_split
+        or f"{settings.eval_fraction:g} of {settings.split} (seed {settings.seed})",
+        text_column=text_column if fmt == "text" else None,
+        train_rows=len(rows),
+        eval_rows=len(eval_rows),
+        train_examples=len(train),
+        eval_examples=len(held_out),
+        train_tokens=len(all_ids),
+        train_token_ids_sha256=token_ids_sha256(all_ids),
+        chat_template=bool(getattr(tokenizer, "chat_template", None)) and fmt != "text",
+    )
+    return TrainingData(train, held_out, info)
+
+
+class _Collator:
+    """Right-pads a batch; padding never counts in the loss (label -100, attention 0)."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(e["input_ids"]) for e in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, example in enumerate(batch):
+            n = len(example["input_ids"])
+            ids[row, :n] = torch.tensor(example["input_ids"])
+            labels[row, :n] = torch.tensor(example["labels"])
+            mask[row, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+# -- what to train --------------------------------------------------------------------------------
+
+
+def embeddings_tied(model: nn.Module, adapter: ArchAdapter) -> bool:
+    """Whether `lm_head` and the input embeddings are one tensor (so training one trains both)."""
+    head = model.get_submodule(adapter.lm_head).weight
+    embed = model.get_submodule(adapter.embed).weight
+    return head is embed or head.data_ptr() == embed.data_ptr()
+
+
+def untie_embeddings(model: nn.Module, adapter: ArchAdapter) -> None:
+    """Give `lm_head` its own copy of the embedding matrix and record that in the config.
+
+    transformers re-ties weights from `config.tie_word_embeddings` (and its tied-keys map) when a
+    model is saved or loaded, so both are cleared; the export then stores `lm_head.weight`.
+    """
+    head = model.get_submodule(adapter.lm_head)
+    head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
+    model.config.tie_word_embeddings = False
+    text_config = model.config.get_text_config()
+    if text_config is not model.config:
+        text_config.tie_word_embeddings = False
+    if hasattr(model, "all_tied_weights_keys"):
+        model.all_tied_weights_keys = {}
+
+
+def tied_embeddings_note(tied: bool, choice: str, trains_head: bool, vocab_x_hidden: int) -> str:
+    """What happens to tied embeddings, in one sentence for the log, the manifest and the card."""
+    if not tied:
+        return "lm_head and the input embeddings are separate matrices"
+    if not trains_head:
+        return "lm_head is tied to the input embeddings and is not trained; the embeddings are unchanged"
+    if choice == "freeze":
+        return (
+            "lm_head is tied to the input embeddings, so it is kept frozen and the embeddings are unchanged "
+            f"(tied_embeddings: untie trains a separate lm_head, +{vocab_x_hidden:,} parameters; "
+            "train trains the shared matrix, changing the input embeddings)"
+        )
+    if choice == "untie":
+        return (
+            "lm_head was tied to the input embeddings; it was untied and trained as a separate matrix "
+            f"(+{vocab_x_hidden:,} parameters); the input embeddings are unchanged"
+        )
+    return "lm_head is tied to the input embeddings and the shared matrix was trained: the input embeddings changed"
+
+
+def _set_trainable_partial(
+    model: nn.Module, adapter: ArchAdapter, settings: RecoverySettings, tied: bool
+) -> list[str]:
+    """Freeze everything, then unfreeze the last `last_k` blocks, the final norm and lm_head."""
+    blocks = adapter.blocks(model)
+    if settings.last_k > len(blocks):
+        raise RecipeError(
+            f"recover.last_k is {settings.last_k} but the model has only {len(blocks)} blocks left after pruning"
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    names = [f"{adapter.layers}.{i}" for i in range(len(blocks) - settings.last_k, len(blocks))]
+    names.append(adapter.final_norm)
+    if not tied or settings.tied_embeddings != "freeze":
+        names.append(adapter.lm_head)
+    for name in names:
+        for p in model.get_submodule(name).parameters():
+            p.requires_grad_(True)
+    return names
+
+
+def _check_targets(model: nn.Module, targets: list[str]) -> None:
+    """Refuse LoRA target names that match no linear module (peft's own message comes too late)."""
+    linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    short = sorted({name.rsplit(".", 1)[-1] for name in linear})
+    unknown = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linear)]
+    if unknown:
+        raise RecipeError(
+            f"recover.lora.target_modules: {', '.join(repr(u) for u in unknown)} match no linear module "
+            f"of this model; its linear modules are: {', '.join(short)}"
+        )
+
+
+def _apply_lora(model: nn.Module, adapter: ArchAdapter, settings: RecoverySettings, tied: bool) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lora = settings.lora_settings
+    targets = list(lora.target_modules or adapter.lora_targets)
+    _check_targets(model, targets)
+    if tied and adapter.lm_head in targets:
+        if settings.tied_embeddings == "freeze":
+            raise RecipeError(
+                "recover.lora.target_modules includes lm_head, which shares its weight with the input "
+                "embeddings; merging would change them. Set tied_embeddings to untie or train"
+            )
+        if settings.tied_embeddings == "untie":
+            untie_embeddings(model, adapter)
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def _upcast_trainable(model: nn.Module) -> None:
+    """Keep trainable weights in fp32: an lr of 1e-5 vanishes under bf16 rounding (eps ~ 8e-3)."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
+def _precision(settings: RecoverySettings, on_gpu: bool) -> str:
+    if settings.precision != "auto":
+        if settings.precision != "fp32" and not on_gpu:
+            raise RecipeError(f"recover.precision {settings.precision} needs a GPU; use fp32 or auto on CPU")
+        return settings.precision
+    if not on_gpu:
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+
+
+def _fingerprint(settings: RecoverySettings, run_dir: Path, manifest: Manifest) -> str:
+    """What checkpoints belong to: the input run (its creation time) and the training settings."""
+    relevant = settings.model_dump(mode="json", exclude=set(_RESUME_NEUTRAL))
+    payload = {"settings": relevant, "from_run": str(run_dir.resolve()), "created_at": manifest.created_at}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _resume_point(ckpt_dir: Path, fingerprint: str) -> tuple[str | None, dict[str, Any]]:
+    """The checkpoint to resume from (None = start fresh) and the state saved with it."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    state_file = ckpt_dir / STATE_FILE
+    if not ckpt_dir.is_dir():
+        return None, {}
+    state = json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else {}
+    last = get_last_checkpoint(str(ckpt_dir))
+    if last is None:
+        return None, state if state.get("fingerprint") == fingerprint else {}
+    if state.get("fingerprint") != fingerprint:
+        raise RecipeError(
+            f"{ckpt_dir} holds checkpoints of a different recovery run (other settings or input); "
+            "remove that folder or start over (hubprune recover --restart, hubprune run --redo recover)"
+        )
+    return last, state
+
+
+# -- the stage ------------------------------------------------------------------------------------
+
+
+def _curve(
+    log_history: list[dict[str, Any]], eval_before: dict[str, float], eval_after: dict[str, float]
+) -> dict:
+    """The training-curve summary for the manifest and the card."""
+    losses = [(int(e["step"]), float(e["loss"])) for e in log_history if "loss" in e]
+    evals = [(int(e["step"]), float(e["eval_loss"])) for e in log_history if "eval_loss" in e]
+    if len(losses) > 60:  # keep the manifest readable: at most ~60 points, always the last
+        stride = math.ceil(len(losses) / 60)
+        losses = losses[::stride] + ([losses[-1]] if (len(losses) - 1) % stride else [])
+    before, after = eval_before.get("eval_loss"), eval_after.get("eval_loss")
+    return {
+        "train_loss_first": losses[0][1] if losses else None,
+        "train_loss_last": losses[-1][1] if losses else None,
+        "train_loss_min": min(loss for _, loss in losses) if losses else None,
+        "eval_loss_before": before,
+        "eval_loss_after": after,
+        "eval_perplexity_before": math.exp(before) if before is not None and before < 700 else None,
+        "eval_perplexity_after": math.exp(after) if after is not None and after < 700 else None,
+        "train_loss": [[s, round(v, 5)] for s, v in losses],
+        "eval_loss": [[s, round(v, 5)] for s, v in evals],
+    }
+
+
+def _trainer(model: nn.Module, settings: RecoverySettings, data: TrainingData, ckpt_dir: Path, pad_id: int):
+    from transformers import Trainer, TrainingArguments
+
+    on_gpu = torch.cuda.is_available() and settings.device != "cpu"
+    precision = _precision(settings, on_gpu)
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs or 1.0,
+        max_steps=settings.max_steps or -1,
+        warmup_steps=settings.warmup_steps,
+        weight_decay=settings.weight_decay,
+        logging_steps=settings.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=settings.save_total_limit,
+        eval_strategy="steps" if settings.eval_steps else "no",
+        eval_steps=settings.eval_steps,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not on_gpu,
+        activation_checkpointing=settings.gradient_checkpointing,  # transformers 5's name for it
+        activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
+        report_to="none",
+        seed=settings.seed,
+        disable_tqdm=False,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        data_collator=_Collator(pad_id),
+    )
+    return trainer, precision
+
+
+def recover(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    settings: RecoverySettings,
+    *,
+    overwrite: bool = False,
+    restart: bool = False,
+    recipe: str | None = None,
+) -> Manifest:
+    """Fine-tune the model in `run_dir` and write the healed model to the new run folder `out_dir`.
+
+    Args:
+        run_dir: a run folder written by `hubprune prune` (its `hubprune.json` is read, never changed).
+        out_dir: the new run folder; must be empty or absent unless `overwrite`.
+        settings: what to train and how (see :class:`RecoverySettings`).
+        overwrite: replace a non-empty `out_dir`.
+        restart: discard checkpoints of an earlier attempt instead of resuming from them.
+        recipe: recipe text for the new manifest (default: the input manifest's).
+
+    Returns:
+        The new manifest (also saved as `out_dir/hubprune.json`; on other processes of a
+        distributed launch, the manifest as the main process writes it).
+
+    Raises:
+        RecipeError: `last_k` beyond the remaining blocks, unknown LoRA targets, checkpoints of
+            another run in the checkpoint folder, `out_dir` equal to `run_dir`.
+        DataError: missing dataset or column, no example of `seq_len` tokens.
+        ExportError: `out_dir` is not empty and `overwrite` is False.
+    """
+    from transformers import set_seed
+
+    from hubprune.export import export_plain, prepare_out_dir
+    from hubprune.size import model_stats
+    from hubprune.source import ResolvedSource, load_model
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.resolve() == run_dir.resolve():
+        raise RecipeError("recovery writes a new run folder; --out must differ from the input folder")
+    manifest = Manifest.load(run_dir)  # fails early when run_dir is not a run folder
+    prepare_out_dir(out_dir, overwrite)
+    ckpt_dir = Path(settings.checkpoint_dir) if settings.checkpoint_dir else Path(f"{out_dir}.checkpoints")
+    fingerprint = _fingerprint(settings, run_dir, manifest)
+    # Under `accelerate launch` every process runs this function; the main one touches files first.
+    from accelerate import PartialState
+
+    dist = PartialState()
+    if restart and dist.is_main_process and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    dist.wait_for_everyone()
+    resume_from, saved_state = _resume_point(ckpt_dir, fingerprint)
+
+    set_seed(settings.seed)
+    model, tokenizer = load_model(
+        ResolvedSource(str(run_dir), "local", run_dir), dtype=settings.dtype, device="cpu"
+    )
+    adapter = adapter_for(model)
+    export_dtype = next(model.parameters()).dtype
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions is not None and settings.seq_len > max_positions:
+        raise RecipeError(f"recover.seq_len {settings.seq_len} exceeds the model's {max_positions} positions")
+    tied = embeddings_tied(model, adapter)
+    head = model.get_submodule(adapter.lm_head).weight
+    vocab_x_hidden = head.shape[0] * head.shape[1]
+
+    if settings.mode == "partial":
+        if tied and settings.tied_embeddings == "untie":
+            untie_embeddings(model, adapter)
+        trained = _set_trainable_partial(model, adapter, settings, tied)
+        trains_head = adapter.lm_head in trained
+    else:
+        model = _apply_lora(model, adapter, settings, tied)
+        trained = list(settings.lora_settings.target_modules or adapter.lora_targets)
+        trains_head = adapter.lm_head in trained
+    note = tied_embeddings_note(
+        tied, settings.tied_embeddings, trains_head or settings.mode == "partial", vocab_x_hidden
+    )
+    logger.info("tied embeddings: %s", note)
+    _upcast_trainable(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "training %s parameters of %s (%s: %s)",
+        f"{trainable:,}",
+        f"{total:,}",
+        settings.mode,
+        ", ".join(trained),
+    )
+
+    with dist.main_process_first():  # one process downloads and caches the dataset, the others reuse it
+        data = prepare_data(tokenizer, settings)
+    logger.info(
+        "data: %d training / %d held-out examples (%s format, %d tokens)",
+        data.info["train_examples"],
+        data.info["eval_examples"],
+        data.info["format"],
+        data.info["train_tokens"],
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+    trainer, precision = _trainer(model, settings, data, ckpt_dir, pad_id)
+    main = trainer.is_world_process_zero()
+
+    start = time.perf_counter()
+    eval_before = saved_state.get("eval_before") or trainer.evaluate(metric_key_prefix="eval")
+    if main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "fingerprint": fingerprint,
+            "eval_before": eval_before,
+            "settings": settings.model_dump(mode="json"),
+        }
+        (ckpt_dir / STATE_FILE).write_text(
+            json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+    if resume_from:
+        logger.info("resuming from %s", resume_from)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    eval_after = trainer.evaluate(metric_key_prefix="eval")
+    train_s = time.perf_counter() - start
+
+    model = _final_model(trainer, settings, run_dir, ckpt_dir)
+    if model is None:  # not the main process: wait for the main one to write the folder
+        trainer.accelerator.wait_for_everyone()
+        return Manifest.load(out_dir) if (out_dir / "hubprune.json").is_file() else manifest
+    adapter_tmp = None
+    if settings.mode == "lora" and settings.lora_settings.save_adapter:
+        adapter_tmp = Path(
+            tempfile.mkdtemp(prefix=".adapter.", dir=out_dir.parent if out_dir.parent.exists() else None)
+        )
+        model.save_pretrained(adapter_tmp)
+    if settings.mode == "lora":
+        model = model.merge_and_unload()
+    model = model.to(export_dtype).eval()
+    model.config.use_cache = True
+    export = export_plain(model, tokenizer, out_dir, source_dir=run_dir, overwrite=True)
+    if adapter_tmp is not None:
+        shutil.move(str(adapter_tmp), out_dir / "adapter")
+        export["files"] = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
+
+    stats = model_stats(model, adapter)
+    curve = _curve(trainer.state.log_history, eval_before, eval_after)
+    # Flat scalars first (the card lists them as the settings table), then the detailed records.
+    record: dict[str, Any] = {
+        "mode": settings.mode,
+        "from_run": str(run_dir),
+        "data": settings.data,
+        "data_kind": data.info["kind"],
+        "data_format": data.info["format"],
+        "learning_rate": settings.learning_rate,
+        "steps": int(result.global_step),
+        "epochs": round(float(trainer.state.epoch or 0.0), 4),
+        "seq_len": settings.seq_len,
+        "effective_batch_size": settings.batch_size * settings.grad_accum * trainer.args.world_size,
+        "trained_modules": trained,
+        "trainable_params": trainable,
+        "tied_embeddings": note,
+        "tied_embeddings_choice": settings.tied_embeddings if tied else None,
+        "eval_loss_before": curve["eval_loss_before"],
+        "eval_loss_after": curve["eval_loss_after"],
+        "eval_perplexity_before": curve["eval_perplexity_before"],
+        "eval_perplexity_after": curve["eval_perplexity_after"],
+        "precision": precision,
+        "engine": _engine(trainer),
+        "world_size": trainer.args.world_size,
+        "resumed_from": Path(resume_from).name if resume_from else None,
+        "train_s": round(train_s, 2),
+        "settings": settings.model_dump(mode="json"),
+        "data_info": data.info,
+        "curve": curve,
+    }
+    if settings.mode == "partial":
+        record["last_k"] = settings.last_k
+    else:
+        lora = settings.lora_settings
+        record.update(lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, lora_merged=True)
+        record["adapter_dir"] = "adapter" if adapter_tmp is not None else None
+    stages = {k: v for k, v in manifest.stages.items() if k not in _STALE_STAGES}
+    stages["recover"] = record
+    new = dataclasses.replace(
+        manifest,
+        model_after={
+            **manifest.model_after,
+            **{k: stats[k] for k in ("params_total", "params_non_embedding", "tied_embeddings", "dtype")},
+        },
+        export=export,
+        stages=stages,
+        recipe=recipe if recipe is not None else manifest.recipe,
+        versions=library_versions(),
+        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    new.save(out_dir)
+    if not settings.keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    logger.info(
+        "held-out loss %.4f -> %.4f in %d steps (%.0f s); wrote %s",
+        curve["eval_loss_before"],
+        curve["eval_loss_after"],
+        record["steps"],
+        train_s,
+        out_dir,
+    )
+    return new
+
+
+def _engine(trainer: Any) -> str:
+    if trainer.is_deepspeed_enabled:
+        return "deepspeed"
+    if trainer.is_fsdp_enabled:
+        return "fsdp"
+    return "ddp" if trainer.args.world_size > 1 else "single"
+
+
+def _final_model(trainer: Any, settings: RecoverySettings, run_dir: Path, ckpt_dir: Path) -> nn.Module | None:
+    """The trained model on the main process (None elsewhere).
+
+    Sharded engines (FSDP, DeepSpeed ZeRO-3) hold pieces of the weights on each process;
+    `trainer.save_model` gathers a full copy, which the main process reloads. Otherwise the
+    trained model is already whole in memory.
+    """
+    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        return trainer.model if trainer.is_world_process_zero() else None
+    gathered = ckpt_dir / "final"
+    trainer.save_model(str(gathered))
+    if not trainer.is_world_process_zero():
+        return None
+    from transformers import AutoModelForCausalLM
+
+    if settings.mode == "lora":
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
+        return PeftModel.from_pretrained(base, gathered)
+    return AutoModelForCausalLM.from_pretrained(gathered, dtype=torch.float32)
