@@ -461,9 +461,8 @@ def _publish_remote(
     except HfHubHTTPError as err:
         raise PublishError(_http_message(err, repo_id, where)) from None
     except ValueError as err:  # the Hub's YAML validation (before anything is uploaded)
-        text = str(err).replace("\n", " ").strip()
         raise PublishError(
-            f"the Hub rejected the model card metadata, nothing was published: {text}"
+            f"the Hub rejected the model card metadata, nothing was published: {_yaml_errors(str(err))}"
         ) from None
     except (RuntimeError, *_transport_errors()) as err:
         # huggingface_hub wraps a failed LFS transfer in RuntimeError("Error while uploading ...").
@@ -491,6 +490,17 @@ def _publish_remote(
     if result.deleted:
         _say(f"deleted stale files: {', '.join(result.deleted)}")
     return result
+
+
+def _yaml_errors(text: str) -> str:
+    """The messages of a validate-yaml answer (JSON with an `errors` list), on one line."""
+    import json
+
+    try:
+        errors = [e.get("message", "") for e in json.loads(text).get("errors", [])]
+    except (ValueError, AttributeError):
+        errors = []
+    return "; ".join(e for e in errors if e) or " ".join(text.split())
 
 
 def _http_message(err: Any, repo_id: str, where: str) -> str:
