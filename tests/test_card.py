@@ -372,3 +372,18 @@ def test_eval_rows_from_manifest_summary():
         ("perplexity (offline:lee-background)", 160.0, None),
     ]
     assert rows[1]["higher_is_better"] is False
+
+
+def test_card_verb_renders_and_rerenders(tmp_path, capsys):
+    """Catches `hubprune card` not writing README.md and the layer map, or failing on a second run."""
+    from hubprune.cli import main
+
+    folder = write_run(tmp_path / "run", sublayer_manifest())
+    assert main(["card", str(folder), "--repo", "test-org/x"]) == 0
+    first = (folder / "README.md").read_text(encoding="utf-8")
+    assert main(["card", str(folder), "--repo", "test-org/x"]) == 0
+    assert (folder / "README.md").read_text(encoding="utf-8") == first
+    assert (folder / "layer_map.svg").is_file() and (folder / "search_trace.svg").is_file()
+    assert f"wrote {folder / 'README.md'}" in capsys.readouterr().out
+    assert main(["card", str(tmp_path)]) == 1  # not a run folder: one line, exit 1
+    assert "not a hubprune run folder" in capsys.readouterr().err
