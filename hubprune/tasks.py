@@ -258,7 +258,8 @@ def _convert(key: str, task: PackTask, source: Path, folder: Path, final: Path) 
         raise DataError(f"no usable items in {source} for the offline task '{key}'")
     name = pack_task_name(key)
     data = folder / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+    # ASCII escapes: a raw U+2028 inside a string would split the line for some JSON-lines readers
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
     final_data = final / data.name
     config = {
         "task": name,
@@ -400,6 +401,21 @@ def _patch_user_tasks(manager: Any, user_paths: list[Path]) -> dict[str, str]:
     return sources
 
 
+def task_manager(include: list[Path], *, registry: bool) -> Any:
+    """An lm-eval ``TaskManager`` over `include` (folders, or single YAML files, which lm-eval
+    alone would not index), plus lm-eval's own registry when `registry` is set: indexing its
+    ~15k YAML files takes ~15 s, so that happens only when a name is found nowhere else."""
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._index import TaskIndex
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    folders = [str(p) for p in include if p.is_dir()]
+    manager = TaskManager(include_path=folders or None, include_defaults=registry)
+    for path in (p for p in include if p.is_file()):
+        TaskIndex.process_cfg(load_yaml(path, resolve_func=False), path, manager.task_index)
+    return manager
+
+
 @dataclass
 class ResolvedTasks:
     """What :func:`resolve_tasks` hands to lm-eval, and what the report records about it."""
@@ -431,8 +447,6 @@ def resolve_tasks(
     registry is indexed only when a name is found nowhere else. An unknown name raises
     :class:`RecipeError` with the closest known names.
     """
-    from lm_eval.tasks import TaskManager
-
     requested = [t.strip() for item in tasks for t in item.split(",") if t.strip()]
     if not requested:
         raise RecipeError("no evaluation tasks given; pass --tasks, e.g. --tasks offline:piqa,offline:boolq")
@@ -465,13 +479,10 @@ def resolve_tasks(
         include.insert(0, build_pack(pack_root))
         pack_meta = json.loads((include[0] / "pack.json").read_text(encoding="utf-8"))
 
-    def manager_for(defaults: bool) -> Any:
-        return TaskManager(include_path=[str(p) for p in include] or None, include_defaults=defaults)
-
-    manager = manager_for(False) if include else None
+    manager = task_manager(include, registry=False) if include else None
     missing = [n for n in names if manager is None or n not in manager.task_index and not Path(n).is_file()]
     if missing:
-        manager = manager_for(True)  # the full lm-eval registry (~15 s to index)
+        manager = task_manager(include, registry=True)
         unknown = [n for n in missing if n not in manager.task_index and not Path(n).is_file()]
         if unknown:
             hints = difflib.get_close_matches(unknown[0], manager.all_tasks, n=3, cutoff=0.6)

@@ -1,0 +1,111 @@
+"""Size and cost (hubprune.cost) on tiny models, against hand-computed numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hubprune.arch import adapter_for
+from hubprune.cost import bytes_on_disk, cost_change, model_cost
+from hubprune.plan import Plan, Unit
+from hubprune.size import model_stats
+from tests.tiny import tiny_model
+
+# tiny models: hidden 64, MLP 96, 4 query heads / 2 KV heads of 16, vocab 128, fp32
+HIDDEN, MLP, HEADS, KV_HEADS, HEAD_DIM, VOCAB = 64, 96, 4, 2, 16, 128
+ATTN_LINEAR = HIDDEN * HEADS * HEAD_DIM * 2 + HIDDEN * KV_HEADS * HEAD_DIM * 2  # q, o + k, v
+MLP_LINEAR = 3 * HIDDEN * MLP  # gate, up, down
+
+
+def _linear_flops(blocks: int) -> int:
+    return 2 * (blocks * (ATTN_LINEAR + MLP_LINEAR) + HIDDEN * VOCAB)  # + the (tied) lm_head
+
+
+@pytest.mark.parametrize("blocks", [4, 3])
+def test_flops_and_kv_cache_by_hand(blocks: int) -> None:
+    """Catches a dropped lm_head (tied, but still a matmul), a wrong attention term, or a KV
+    cache counted with query heads instead of KV heads."""
+    model = tiny_model("llama", num_layers=blocks)
+    cost = model_cost(model, adapter=adapter_for(model), context=100)
+    attention = blocks * 4 * HEADS * HEAD_DIM * 100
+    assert cost["flops_per_token_detail"]["linear"] == _linear_flops(blocks)
+    assert cost["flops_per_token"] == _linear_flops(blocks) + attention
+    assert cost["kv_cache_bytes_per_token"] == 2 * KV_HEADS * HEAD_DIM * blocks * 4
+    assert cost["attention_layers"] == cost["num_blocks"] == blocks
+    assert cost["zero_filled"] is None and cost["nominal"] is None
+
+
+def test_parameters_match_size_module_and_disk(tmp_path: Path) -> None:
+    """Tied embeddings counted once; bytes on disk are the safetensors files actually written."""
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    stats = model_stats(model, adapter)
+    model.save_pretrained(tmp_path)
+    cost = model_cost(model, adapter=adapter, folder=tmp_path)
+    assert cost["params_total"] == stats["params_total"]
+    assert (
+        cost["params_non_embedding"]
+        == stats["params_non_embedding"]
+        == stats["params_total"] - HIDDEN * VOCAB
+    )
+    assert cost["weight_bytes"] == 4 * cost["params_total"]
+    on_disk = sum(p.stat().st_size for p in tmp_path.glob("*.safetensors"))
+    assert cost["bytes_on_disk"] == on_disk >= cost["weight_bytes"]
+    assert bytes_on_disk(tmp_path / "absent") is None
+    assert model_cost(model, adapter=adapter)["bytes_on_disk"] is None
+
+
+def test_sliding_window_layers_attend_to_the_window_only() -> None:
+    """Qwen 2 tiny: layers 0 and 2 slide over 8 positions, so at context 100 they cost 8/100."""
+    model = tiny_model("qwen2")
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    cost = model_cost(model, adapter=adapter_for(model), context=100)
+    per_position = 4 * model.config.num_attention_heads * head_dim
+    assert cost["flops_per_token_detail"]["attention"] == per_position * (8 + 100 + 8 + 100)
+
+
+def test_untied_lm_head_is_embedding_too() -> None:
+    model = tiny_model("phi3")
+    cost = model_cost(model, adapter=adapter_for(model))
+    assert not cost["tied_embeddings"]
+    assert cost["params_total"] - cost["params_non_embedding"] == 2 * HIDDEN * VOCAB
+
+
+def test_zero_filled_sublayers_save_nothing_and_say_so() -> None:
+    """A plain export of removed attention/MLP sublayers keeps every weight: the actual cost must
+    equal the dense one, and the nominal (compact) cost must drop by exactly those sublayers."""
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    dense = model_cost(model, adapter=adapter, context=100)
+    plan = Plan("finercut", "sublayer", [Unit("attn", 1), Unit("mlp", 2)])
+    cost = model_cost(model, adapter=adapter, plan=plan, export_format="plain", context=100)
+    for key in ("params_total", "flops_per_token", "kv_cache_bytes_per_token", "weight_bytes"):
+        assert cost[key] == dense[key]
+    assert cost["zero_filled"]["units"] == ["attn 1", "mlp 2"]
+    assert cost["zero_filled"]["savings_realised"] is False
+    assert "saves" not in cost["zero_filled"]["note"] and "zero-filled" in cost["zero_filled"]["note"]
+    blocks = adapter.blocks(model)
+    removed = adapter.sublayer_params(blocks[1])["attn"] + adapter.sublayer_params(blocks[2])["mlp"]
+    nominal = cost["nominal"]
+    assert nominal["params_total"] == dense["params_total"] - removed
+    assert nominal["attention_layers"] == 3
+    assert nominal["kv_cache_bytes_per_token"] == dense["kv_cache_bytes_per_token"] * 3 // 4
+    assert nominal["flops_per_token"] == dense["flops_per_token"] - 2 * (ATTN_LINEAR + MLP_LINEAR) - (
+        4 * HEADS * HEAD_DIM * 100
+    )
+    compact = model_cost(model, adapter=adapter, plan=plan, export_format="compact")
+    assert compact["zero_filled"] is None  # a compact export really removes them
+    blocks_plan = Plan("reverse-order", "block", [Unit("block", 3)])
+    assert model_cost(model, adapter=adapter, plan=blocks_plan, export_format="plain")["zero_filled"] is None
+
+
+def test_cost_change_is_relative() -> None:
+    change = cost_change(
+        {"params_total": 100, "flops_per_token": 10, "kv_cache_bytes_per_token": 8, "bytes_on_disk": None},
+        {"params_total": 75, "flops_per_token": 10, "kv_cache_bytes_per_token": 6, "bytes_on_disk": 5},
+    )
+    assert change["params_total"] == pytest.approx(-0.25)
+    assert change["flops_per_token"] == 0
+    assert change["kv_cache_bytes_per_token"] == pytest.approx(-0.25)
+    assert change["bytes_on_disk"] is None
