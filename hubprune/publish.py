@@ -14,6 +14,8 @@ Order of work, so that a failure leaves nothing half-published:
 
 LFS objects are uploaded before the commit is created, so a dropped connection leaves the
 repo untouched; re-running the same command skips the objects already stored and commits.
+Publishing never edits ``hubprune.json``: what is uploaded is the run folder as it is (plus the
+card re-rendered for the target repo), and ``hubprune run`` records the result itself.
 
 The token is whatever huggingface_hub resolves (``HF_TOKEN``, ``hf auth login``, or an OIDC
 exchange when ``HF_OIDC_RESOURCE`` is set) unless one is passed in; it is never printed,
@@ -303,7 +305,6 @@ def publish(
         return _publish_remote(
             folder,
             repo_id,
-            manifest=manifest,
             private=private,
             branch=branch,
             revision=revision,
@@ -356,7 +357,6 @@ def _publish_remote(
     folder: Path,
     repo_id: str,
     *,
-    manifest: Manifest,
     private: bool,
     branch: str,
     revision: str | None,
@@ -432,15 +432,6 @@ def _publish_remote(
 
         if rewrite_card:
             render_card(folder, repo_id=repo_id)  # the card checked above, and the pictures it links
-        manifest.stages["publish"] = {
-            "repo_id": repo_id,
-            "revision": branch,
-            "create_pr": create_pr,
-            "private": private,
-            "hubprune_version": __version__,
-        }
-        manifest.save(folder)
-
         _say(f"uploading {len(files)} files to {where}" + (" as a pull request" if create_pr else ""))
         info = api.upload_folder(
             repo_id=repo_id,
