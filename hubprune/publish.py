@@ -187,16 +187,18 @@ def validate_model(run_dir: Path, manifest: Manifest) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     remote_code = (manifest.export or {}).get("format") == "compact"
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # The checkpoint's own dtype, spread over the GPUs (and CPU) when there are any: a large model
+    # must fit for this check, not only a small one.
+    placement = {"device_map": "auto"} if torch.cuda.is_available() else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            run_dir, dtype=torch.float32 if device == "cpu" else "auto", trust_remote_code=remote_code
-        ).to(device)
+            run_dir, dtype="auto", trust_remote_code=remote_code, **placement
+        )
         model.eval()
         ids = tokenizer("Pruned models should still read this sentence.", return_tensors="pt")["input_ids"]
         with torch.no_grad():
-            logits = model(ids.to(device)).logits
+            logits = model(ids.to(model.device)).logits
     except Exception as err:  # any reason the folder does not load is the user's to fix
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         raise PublishError(
