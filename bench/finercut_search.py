@@ -178,7 +178,12 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=32)
     parser.add_argument("--eval-seq-len", type=int, default=256)
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (1 is far faster on a busy shared machine)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = quality_mode(args) if args.quality else search_mode(args)
     print(json.dumps(out, indent=2, default=str))
     if args.json:

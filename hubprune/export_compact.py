@@ -72,22 +72,32 @@ def ffn_mult_for(intermediate_size: int, hidden_size: int) -> float:
     )
 
 
-def check_compact_supported(model: nn.Module, adapter: ArchAdapter) -> None:
-    """Refuse, with one sentence, a model the nemotron-nas schema cannot express."""
+def _get(config: Any, key: str, default: Any = None) -> Any:
+    return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
+
+
+def check_compact_family(adapter: ArchAdapter) -> None:
+    """Refuse, with one sentence, a family the nemotron-nas schema cannot express."""
     if adapter.compact_schema != "decilm":
         raise UnsupportedArchitectureError(
             f"the compact format cannot express family '{adapter.family}': {adapter.compact_note}; "
             "use --format plain"
         )
-    config = model.config
-    if getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):
+
+
+def check_compact_supported(config: Any, adapter: ArchAdapter) -> None:
+    """Refuse, with one sentence, a model (its config object or config.json dict) the schema
+    cannot express: wrong family, sliding-window attention, uneven KV groups, an MLP width that
+    does not round-trip through `ffn_mult`."""
+    check_compact_family(adapter)
+    if _get(config, "sliding_window") is not None and _get(config, "use_sliding_window", True):
         raise UnsupportedArchitectureError(
             "the compact format cannot express sliding-window attention; use --format plain"
         )
-    heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", None)
+    heads, kv_heads = _get(config, "num_attention_heads"), _get(config, "num_key_value_heads")
     if kv_heads and heads % kv_heads:
         raise UnsupportedArchitectureError(f"{heads} query heads do not split into {kv_heads} KV groups")
-    ffn_mult_for(config.intermediate_size, config.hidden_size)
+    ffn_mult_for(_get(config, "intermediate_size"), _get(config, "hidden_size"))
 
 
 def block_configs(model: nn.Module, adapter: ArchAdapter) -> list[dict[str, Any]]:
@@ -172,7 +182,7 @@ def export_compact(
 ) -> dict[str, Any]:
     """Write `model` (sublayers removed in memory, see :mod:`hubprune.sublayers`) as a nemotron-nas
     checkpoint with our remote code; returns the manifest's export record."""
-    check_compact_supported(model, adapter)
+    check_compact_supported(model.config, adapter)
     out = prepare_out_dir(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

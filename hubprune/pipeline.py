@@ -15,6 +15,7 @@ from typing import Any
 from hubprune import data as data_mod
 from hubprune.arch import ArchAdapter, adapter_for
 from hubprune.data import CalibrationBatch
+from hubprune.errors import RecipeError
 from hubprune.export import DEFAULT_MAX_SHARD_SIZE, export_plain, prepare_out_dir
 from hubprune.methods import Budget, MethodContext, get_method
 from hubprune.plan import Manifest, Plan
@@ -125,15 +126,33 @@ def prune(
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
     recipe: str | None = None,
+    export_format: str = "plain",
 ) -> Manifest:
-    """Load -> score -> apply the plan -> export a plain checkpoint with `hubprune.json`."""
+    """Load -> score -> apply the plan -> export a checkpoint with `hubprune.json`.
+
+    `export_format` "plain" writes the native architecture; removed attention/MLP sublayers are
+    zero-filled there (identical outputs, no savings, recorded as `zero_filled`). "compact"
+    writes removed sublayers as really gone, in the nemotron-nas schema with our remote code
+    (:mod:`hubprune.export_compact`); for whole-block plans it is the same as plain.
+    """
+    if export_format not in EXPORT_FORMATS:
+        raise RecipeError(
+            f"unknown export format '{export_format}'; choose from: {', '.join(EXPORT_FORMATS)}"
+        )
     prepare_out_dir(out_dir, overwrite)  # fail before any expensive work
     spec = get_method(method)
+    spec.make_params(method_params)  # a bad method argument fails before loading weights
     resolved = resolve_source(source.spec, allow_pickle=source.allow_pickle, base_model=source.base_model)
     config = read_config(resolved.local_dir)
-    adapter_for(str(config.get("model_type")))  # unsupported families fail before loading weights
+    family = adapter_for(str(config.get("model_type")))  # unsupported families fail before loading weights
     if spec.unit_kind == "block" and budget.by == "units":
         budget.unit_count(config["num_hidden_layers"])
+    if spec.unit_kind == "sublayer" and budget.by == "units":
+        budget.unit_count(2 * config["num_hidden_layers"], "sublayers")
+    if export_format == "compact" and spec.unit_kind == "sublayer":
+        from hubprune.export_compact import check_compact_supported
+
+        check_compact_supported(config, family)
     loaded = load(source, resolved)
     before = model_stats(loaded.model, loaded.adapter)
     start = time.perf_counter()
@@ -141,16 +160,8 @@ def prune(
         loaded, method, budget, calibration=calibration, method_params=method_params, batch_size=batch_size
     )
     score_s = time.perf_counter() - start
-    apply_plan(loaded.model, loaded.adapter, plan)
-    after = model_stats(loaded.model, loaded.adapter)
-    export = export_plain(
-        loaded.model,
-        loaded.tokenizer,
-        out_dir,
-        source_dir=loaded.source.local_dir,
-        max_shard_size=max_shard_size,
-        overwrite=overwrite,
-    )
+    export = _apply_and_export(loaded, plan, out_dir, export_format, max_shard_size, overwrite)
+    after = export.pop("_model_after")
     manifest = Manifest(
         source=loaded.source.to_dict(),
         family=loaded.adapter.family,
@@ -169,6 +180,45 @@ def prune(
     )
     manifest.save(out_dir)
     return manifest
+
+
+EXPORT_FORMATS = ("plain", "compact")
+
+
+def _apply_and_export(
+    loaded: Loaded,
+    plan: Plan,
+    out_dir: str | Path,
+    export_format: str,
+    max_shard_size: str | int,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """Apply `plan` for the chosen format and write the folder; the record carries `_model_after`."""
+    model, adapter = loaded.model, loaded.adapter
+    sublayer_units = [u for u in plan.removed if u.kind in ("attn", "mlp")]
+    where = dict(source_dir=loaded.source.local_dir, max_shard_size=max_shard_size, overwrite=overwrite)
+    if export_format == "compact" and sublayer_units:
+        from hubprune.export_compact import export_compact
+
+        apply_plan(model, adapter, plan, sublayers="remove")
+        attn_left = adapter.num_blocks(model) - sum(1 for u in sublayer_units if u.kind == "attn")
+        after = model_stats(model, adapter, attention_layers=attn_left)
+        export = export_compact(model, adapter, loaded.tokenizer, out_dir, **where)
+    else:
+        apply_plan(model, adapter, plan, sublayers="zero")
+        after = model_stats(model, adapter)
+        export = export_plain(model, loaded.tokenizer, out_dir, **where)
+        if sublayer_units:
+            export["zero_filled"] = True
+            export["zero_filled_units"] = [u.name for u in sublayer_units]
+            export["savings"] = (
+                "none: removed attention/MLP sublayers are zero-filled output projections in the native "
+                "architecture (same outputs, same size and speed); use --format compact for real savings"
+            )
+        if export_format == "compact":
+            export["compact_note"] = "only whole blocks were removed, so the compact export is the plain one"
+    export["_model_after"] = after
+    return export
 
 
 def summary(manifest: Manifest) -> str:

@@ -53,6 +53,14 @@ def add_method_options(parser: argparse.ArgumentParser, *, amount_required: bool
     group.add_argument(
         "--batch-size", type=int, default=8, help="calibration sequences per forward pass (default: 8)"
     )
+    group.add_argument(
+        "--method-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method parameter, repeatable; VALUE is read as JSON when it parses (3, 0.5, true, null), "
+        "else as text, e.g. --method-arg divergence=kl --method-arg protect_first_blocks=2",
+    )
 
 
 def add_calibration_options(parser: argparse.ArgumentParser) -> None:
@@ -111,3 +119,22 @@ def budget(args: Any) -> Any:
     from hubprune.methods import Budget
 
     return None if args.amount is None else Budget.parse(args.amount, args.budget_by)
+
+
+def method_params(args: Any) -> dict[str, Any]:
+    """`--method-arg KEY=VALUE` pairs as a dict; VALUE parsed as JSON where possible."""
+    import json
+
+    from hubprune.errors import RecipeError
+
+    out: dict[str, Any] = {}
+    for item in getattr(args, "method_arg", None) or []:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise RecipeError(f"--method-arg expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
+    return out

@@ -23,6 +23,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--out", required=True, help="output folder (the future Hub repo)")
     group.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default: 2GB)")
     group.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    group.add_argument(
+        "--format",
+        dest="export_format",
+        default="plain",
+        choices=["plain", "compact"],
+        help="plain: native architecture, removed attention/MLP sublayers zero-filled (no savings); "
+        "compact: removed sublayers really gone, nemotron-nas config + remote code (default: plain)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -30,15 +38,18 @@ def run(args: argparse.Namespace) -> None:
     from hubprune.pipeline import prune, summary
 
     budget = options.budget(args)  # validate cheap options before loading anything
+    options.method_params(args)
     manifest = prune(
         options.source_options(args),
         args.method,
         budget,
         args.out,
         calibration=options.calibration_options(args),
+        method_params=options.method_params(args),
         batch_size=args.batch_size,
         max_shard_size=args.max_shard_size,
         overwrite=args.overwrite,
+        export_format=args.export_format,
     )
     print(summary(manifest))
     print(f"wrote {args.out} (manifest: {args.out}/hubprune.json)")

@@ -1,0 +1,165 @@
+"""FinerCut: divergences, naive vs cached search, budgets, protection, plan contents, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hubprune.arch import adapter_for
+from hubprune.data import TextSource, build_calibration
+from hubprune.errors import BudgetError, RecipeError
+from hubprune.methods import Budget, MethodContext, get_method
+from hubprune.methods.finercut import (
+    FinerCutParams,
+    _Engine,
+    angular_logits,
+    finercut_search,
+    js_official,
+    js_textbook,
+    kl_divergence,
+)
+from hubprune.plan import Plan
+from tests.tiny import FAMILIES, SAMPLE_TEXT, char_tokenizer, tiny_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine two threads spend most of their time waiting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _calibration(samples: int = 4, seq_len: int = 16, seed: int = 0):
+    source = TextSource([SAMPLE_TEXT], "sample", "file")
+    return build_calibration(char_tokenizer(), source, samples=samples, seq_len=seq_len, seed=seed)
+
+
+# -- divergences, by hand -----------------------------------------------------------------------
+
+P = torch.tensor([0.5, 0.5])
+Q = torch.tensor([0.9, 0.1])
+M = (P + Q) / 2
+
+
+def _kl(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(sum(x * math.log(x / y) for x, y in zip(a.tolist(), b.tolist(), strict=True)))
+
+
+def test_divergences_match_hand_computation():
+    """Would catch the official JS variant computed as the textbook one (or KL reversed)."""
+    lp, lq = P.log(), Q.log()
+    assert float(js_official(lp, lq)) == pytest.approx(0.5 * _kl(M, P) + 0.5 * _kl(M, Q), rel=1e-5)
+    assert float(js_textbook(lp, lq)) == pytest.approx(0.5 * _kl(P, M) + 0.5 * _kl(Q, M), rel=1e-5)
+    assert float(js_official(lp, lq)) != pytest.approx(float(js_textbook(lp, lq)), rel=1e-3)
+    assert float(kl_divergence(lp, lq)) == pytest.approx(_kl(P, Q), rel=1e-5)
+    assert float(js_official(lp, lp)) == pytest.approx(0.0, abs=1e-7)
+    z1, z2 = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])
+    assert float(angular_logits(z1, z2)) == pytest.approx(0.25, rel=1e-5)  # 45 degrees / 180
+
+
+# -- the search ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_search_equals_naive(family):
+    """Would catch a cached engine that resumes from a stale state (wrong order or scores)."""
+    model = tiny_model(family, num_layers=6)
+    adapter = adapter_for(model)
+    batch = _calibration()
+    results = {}
+    for engine in ("naive", "cached"):
+        params = FinerCutParams(engine=engine)
+        results[engine] = finercut_search(
+            model, adapter, batch, params, lambda removed: len(removed) >= 6, batch_size=2, progress=False
+        )
+    naive, cached = results["naive"], results["cached"]
+    assert naive.order == cached.order
+    for a, b in zip(naive.step_scores, cached.step_scores, strict=True):
+        assert a.keys() == b.keys()
+        for unit in a:
+            assert b[unit] == pytest.approx(a[unit], rel=1e-5, abs=1e-9)
+    assert cached.stats["forward_flops"] < naive.stats["forward_flops"] / 1.5
+    assert naive.stats["full_forward_calls"] > cached.stats["full_forward_calls"]
+
+
+def test_flop_tally_matches_flop_counter():
+    """Would catch per-sublayer costs that do not add up to a measured forward pass."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = tiny_model("gemma2", num_layers=3)
+    batch = _calibration(samples=2)
+    engine = _Engine(model, adapter_for(model), batch, 2, "kl", cached=False, reuse_budget_mb=0)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    per_row = sum(engine.attn_cost) + sum(engine.mlp_cost) + engine.head_cost
+    assert per_row * 2 == pytest.approx(counter.get_total_flops(), rel=1e-6)
+
+
+def _plan(model, budget, batch=None, **params):
+    spec = get_method("finercut")
+    ctx = MethodContext(model, adapter_for(model), budget, batch or _calibration(), batch_size=2)
+    return spec.plan_fn(ctx, spec.make_params(params))
+
+
+def test_plan_records_trace_scores_and_budget():
+    """Would catch a plan missing candidates' scores or the sublayer/parameter budget."""
+    model = tiny_model("llama", num_layers=4)
+    plan = _plan(model, Budget(0.25))
+    reached = plan.budget["reached"]
+    assert reached["sublayers_removed"] == 2 and reached["sublayers_total"] == 8
+    assert reached["attn_removed"] + reached["mlp_removed"] == 2
+    assert 0 < reached["params_fraction"] < 0.5
+    assert [t["step"] for t in plan.trace] == [0, 1]
+    assert len(plan.trace[0]["candidates"]) == 8 and len(plan.trace[1]["candidates"]) == 7
+    assert plan.trace[0]["divergence"] == min(c["score"] for c in plan.trace[0]["candidates"])
+    assert {u.name for u in plan.removed} == {t["name"] for t in plan.trace}
+    assert len(plan.scores) == 8 and plan.params["divergence"] == "js-official"
+    assert Plan.from_dict(plan.to_dict()).removed == plan.removed
+
+
+def test_parameter_budget_and_protection():
+    """Would catch a parameter budget stopping short, or protected blocks being removed."""
+    model = tiny_model("mistral", num_layers=4)
+    plan = _plan(model, Budget(0.2, "params"), protect_first_blocks=2)
+    reached = plan.budget["reached"]
+    assert reached["params_fraction"] >= 0.2
+    assert all(u.block >= 2 for u in plan.removed)
+    released = _plan(model, Budget(3), protect_first_blocks=3, protect_steps=1)
+    assert released.trace[0]["removed"]["block"] == 3  # only block 3 is a candidate at step 0
+    assert len(released.trace[1]["candidates"]) == 7  # then blocks 0-2 are candidates again
+
+
+def test_one_shot_removes_in_score_order():
+    """Would catch one-shot re-scoring after each removal (that is the greedy search)."""
+    model = tiny_model("qwen3", num_layers=4)
+    plan = _plan(model, Budget(3), search="one-shot", divergence="kl")
+    ranked = sorted(plan.scores, key=lambda s: (s["score"], s["unit"].block, s["unit"].kind))
+    assert [t["name"] for t in plan.trace] == [s["unit"].name for s in ranked[:3]]
+
+
+@pytest.mark.parametrize("divergence", ["js", "angular", "perplexity"])
+def test_other_divergences_run(divergence):
+    """Would catch a divergence name accepted but not wired to the engine."""
+    model = tiny_model("phi3", num_layers=2)
+    plan = _plan(model, Budget(1), divergence=divergence)
+    assert len(plan.removed) == 1 and plan.params["divergence"] == divergence
+
+
+def test_bad_input_refused():
+    """Would catch an impossible budget or a typo being accepted."""
+    spec = get_method("finercut")
+    with pytest.raises(RecipeError, match="unknown FinerCut divergence 'jsd'; choose from"):
+        spec.make_params({"divergence": "jsd"})
+    with pytest.raises(RecipeError, match="has no parameter"):
+        spec.make_params({"divergense": "kl"})
+    model = tiny_model("llama", num_layers=2)
+    with pytest.raises(BudgetError, match="would remove all 4 sublayers"):
+        _plan(model, Budget(4))
+    with pytest.raises(BudgetError, match="every attention and MLP sublayer"):
+        _plan(model, Budget(0.9, "params"))
+    with pytest.raises(BudgetError, match="every sublayer that may be removed"):
+        _plan(model, Budget(3), protect_first_blocks=1)
