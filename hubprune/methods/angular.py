@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from hubprune.methods.blocks import block_plan
-from hubprune.methods.capture import boundary_states
+from hubprune.methods.capture import stream_blocks
 from hubprune.methods.metrics import angular_distance
 from hubprune.methods.registry import MethodContext, MethodSpec, register_method
 from hubprune.plan import Plan
@@ -30,13 +30,22 @@ def angular_run_distances(ctx: MethodContext, n: int) -> list[float]:
     """Mean angular distance d(i, n) for every start i in 0..L-n."""
     assert ctx.calibration is not None
     blocks = ctx.adapter.num_blocks(ctx.model)
+    last_states: dict[int, torch.Tensor] = {}  # boundary index -> [B, D] state at the last real token
+
+    def last_token(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        last = mask.long().sum(dim=1) - 1  # right padding: the last real token
+        return h[torch.arange(h.shape[0], device=h.device), last]
+
+    def on_block(i: int, h_in: torch.Tensor, h_out: torch.Tensor, mask: torch.Tensor) -> None:
+        last_states[i] = last_token(h_in, mask)
+        if i == blocks - 1:
+            last_states[blocks] = last_token(h_out, mask)
+
     sums = [0.0] * (blocks - n + 1)
     count = 0
-    for states, mask in boundary_states(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size):
-        last = mask.long().sum(dim=1) - 1  # index of the last real token (right padding)
-        rows = torch.arange(mask.shape[0], device=mask.device)
+    for mask in stream_blocks(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, on_block):
         for i in range(blocks - n + 1):
-            sums[i] += float(angular_distance(states[i][rows, last], states[i + n][rows, last]).sum())
+            sums[i] += float(angular_distance(last_states[i], last_states[i + n]).sum())
         count += mask.shape[0]
     return [s / count for s in sums]
 

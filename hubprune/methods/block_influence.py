@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from hubprune.methods.blocks import block_plan
-from hubprune.methods.capture import boundary_states
+from hubprune.methods.capture import stream_blocks
 from hubprune.methods.metrics import block_influence, masked_mean
 from hubprune.methods.registry import MethodContext, MethodSpec, register_method
 from hubprune.plan import Plan
@@ -23,13 +25,15 @@ class BlockInfluenceParams:
 def block_influence_scores(ctx: MethodContext) -> list[float]:
     """Mean BI of every block over all non-padding calibration tokens."""
     assert ctx.calibration is not None
-    n = ctx.adapter.num_blocks(ctx.model)
-    sums, count = [0.0] * n, 0
-    for states, mask in boundary_states(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size):
-        for i in range(n):
-            total, c = masked_mean(block_influence(states[i], states[i + 1]), mask)
-            sums[i] += total
-        count += c
+    sums = [0.0] * ctx.adapter.num_blocks(ctx.model)
+
+    def on_block(i: int, h_in: torch.Tensor, h_out: torch.Tensor, mask: torch.Tensor) -> None:
+        sums[i] += masked_mean(block_influence(h_in, h_out), mask)[0]
+
+    count = sum(
+        int(mask.sum())
+        for mask in stream_blocks(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, on_block)
+    )
     return [s / count for s in sums]
 
 

@@ -1,12 +1,14 @@
-"""Residual-stream states at every block boundary, from one forward pass per batch.
+"""Residual-stream states at block boundaries, streamed from one forward pass per batch.
 
-Forward hooks on the decoder blocks record h_i (the input of block i) and h_L (the output of the
-last block, before the final norm). The backbone runs without `lm_head`, so no logits are built.
+A forward hook on each decoder block hands `(i, h_in, h_out)` to a callback while the block's
+input and output are alive anyway, so a metric reduces them on the spot and no batch ever holds
+all L+1 states (which would cost L times the activations of one block). The backbone runs without
+`lm_head`, so no logits are built either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -15,45 +17,44 @@ from tqdm.auto import tqdm
 from hubprune.arch import ArchAdapter
 from hubprune.data import CalibrationBatch
 
+BlockCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
 
 def _first_tensor(value: object) -> torch.Tensor:
     return value[0] if isinstance(value, tuple) else value  # type: ignore[return-value]
 
 
 @torch.no_grad()
-def boundary_states(
+def stream_blocks(
     model: nn.Module,
     adapter: ArchAdapter,
     calibration: CalibrationBatch,
     batch_size: int,
-    desc: str = "Collecting hidden states",
-) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
-    """Yield, per batch, the L+1 boundary states [h_0 .. h_L] (each [B, T, D]) and the mask."""
+    on_block: BlockCallback,
+    desc: str = "Scoring blocks",
+) -> Iterator[torch.Tensor]:
+    """Run every calibration batch through the backbone, calling `on_block(i, h_in, h_out, mask)`
+    for each block i (h_in = h_i, h_out = h_{i+1}, both [B, T, D]; mask [B, T]); yields each
+    batch's mask after its forward pass, so the caller can finish per-batch reductions."""
     blocks = adapter.blocks(model)
-    states: list[torch.Tensor] = []
-    hooks = []
+    current: list[torch.Tensor] = []
 
-    def pre_hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-        states.append(args[0] if args else kwargs["hidden_states"])
+    def make_hook(index: int):
+        def hook(_module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+            h_in = args[0] if args else kwargs["hidden_states"]
+            on_block(index, h_in, _first_tensor(output), current[0])
 
-    def post_hook(_module: nn.Module, _args: tuple, output: object) -> None:
-        states.append(_first_tensor(output))
+        return hook
 
-    for block in blocks:
-        hooks.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
-    hooks.append(blocks[-1].register_forward_hook(post_hook))
+    hooks = [block.register_forward_hook(make_hook(i), with_kwargs=True) for i, block in enumerate(blocks)]
     backbone = adapter.decoder_model(model)
     device = next(model.parameters()).device
     try:
         for input_ids, attention_mask in tqdm(calibration.batches(batch_size), desc=desc, leave=False):
-            states.clear()
-            backbone(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False
-            )
-            if len(states) != len(blocks) + 1:
-                raise RuntimeError(f"captured {len(states)} states for {len(blocks)} blocks")
-            yield list(states), attention_mask.to(device)
+            attention_mask = attention_mask.to(device)
+            current[:] = [attention_mask]
+            backbone(input_ids=input_ids.to(device), attention_mask=attention_mask, use_cache=False)
+            yield attention_mask
     finally:
         for hook in hooks:
             hook.remove()
-        states.clear()
