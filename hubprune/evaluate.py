@@ -289,9 +289,10 @@ def evaluate_model(
     speed: bool = False,
     speed_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Tasks, perplexity, cost and (optionally) speed of one loaded model."""
+    """Tasks (none when `resolved` names none), perplexity, cost and (optionally) speed of one
+    loaded model."""
     start = time.perf_counter()
-    raw = run_lm_eval(model, tokenizer, resolved, settings)
+    raw = run_lm_eval(model, tokenizer, resolved, settings) if resolved.names else {}
     result: dict[str, Any] = {
         "metrics": _parse_metrics(raw),
         "task_versions": _jsonable(raw.get("versions", {})),
@@ -304,7 +305,9 @@ def evaluate_model(
             "date": raw.get("date"),
             "lm_eval_version": raw.get("lm_eval_version"),
             "transformers_version": raw.get("transformers_version"),
-        },
+        }
+        if raw
+        else None,
         "tasks_s": round(time.perf_counter() - start, 2),
         "perplexity": None,
         "cost": cost,
@@ -586,7 +589,7 @@ def build_report(
         "perplexity": perplexity,
         "cost": cost or None,
         "speed": speed,
-        "lm_eval": {r: results[r]["lm_eval"] for r in roles},
+        "lm_eval": {r: results[r]["lm_eval"] for r in roles if results[r]["lm_eval"]},
     }
     return _jsonable(report)
 
@@ -699,7 +702,12 @@ def _run_roles(
     export_format: str | None = None,
     use_cache: bool = True,
 ) -> tuple[dict[str, dict[str, Any]], ResolvedTasks, Any]:
-    resolved = resolve_tasks(settings.tasks, tasks_path=settings.tasks_path)
+    if not settings.tasks and not perplexity and not speed:
+        raise RecipeError("nothing to evaluate: give tasks, or keep perplexity on, or ask for speed")
+    if settings.tasks:
+        resolved = resolve_tasks(settings.tasks, tasks_path=settings.tasks_path)
+    else:  # perplexity / cost / speed only
+        resolved = ResolvedTasks(None, [], [], {}, None)
     text = load_perplexity_text(settings) if perplexity else None
     results = {}
     for candidate in candidates:

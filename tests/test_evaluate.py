@@ -125,7 +125,8 @@ def test_run_report_validates_and_is_self_consistent(
 
 def test_recovered_run_reports_three_columns(tiny: dict[str, Path], cache: Path, tmp_path: Path) -> None:
     """A recovered folder: its own model is "recovered", the pruned numbers come from the run it
-    was recovered from (manifest stages.recover.from_run)."""
+    was recovered from (manifest stages.recover.from_run). No tasks: perplexity and cost only,
+    as a recipe's evaluate stage may ask."""
     from safetensors.torch import load_file, save_file
 
     recovered = tmp_path / "recovered"
@@ -138,14 +139,14 @@ def test_recovered_run_reports_three_columns(tiny: dict[str, Path], cache: Path,
     manifest = Manifest.load(recovered)
     manifest.stages["recover"] = {"from_run": str(tiny["run"]), "method": "lora"}
     manifest.save(recovered)
-    report = evaluate.evaluate_run(
-        recovered, tasks=["offline:openbookqa"], limit=3, perplexity_data=str(tiny["text"]), **TINY
-    )
+    report = evaluate.evaluate_run(recovered, tasks=[], perplexity_data=str(tiny["text"]), **TINY)
     evaluate.validate_report(report)
     assert report["roles"] == ["base", "pruned", "recovered"] and report["final"] == "recovered"
     _check_rows(report)
     ppl = report["perplexity"]["metric"]
     assert ppl["recovered"] != ppl["pruned"]
+    assert report["tasks"] == {} and report["lm_eval"] == {} and report["settings"]["tasks"] == []
+    assert set(report["cost"]) == {"base", "pruned", "recovered", "change"}
     assert report["models"]["pruned"]["path"] == str(tiny["run"])
     assert report["models"]["recovered"]["path"] == str(recovered)
     assert Manifest.load(recovered).stages["evaluate"]["final"] == "recovered"
@@ -168,6 +169,8 @@ def test_bad_input_is_one_clear_error(tiny: dict[str, Path], tmp_path: Path, cap
         evaluate.evaluate_run(tmp_path / "nowhere", tasks=["offline:piqa"])
     assert main(["eval", str(tiny["run"]), "--tasks", "offline:piqa", "--limit", "-1"]) == 1
     assert "hubprune: error: --limit must be a positive" in capsys.readouterr().err
+    with pytest.raises(RecipeError, match="nothing to evaluate"):
+        evaluate.evaluate_run(tiny["run"], tasks=[], perplexity=False)
 
 
 def test_perplexity_windows_match_a_direct_computation() -> None:

@@ -24,11 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group = parser.add_argument_group("tasks")
     group.add_argument(
         "--tasks",
-        required=True,
         action="append",
+        default=[],
         help="comma-separated lm-eval task names (arc_easy, piqa, ...), names from --tasks-path, or the "
         "offline pack: offline:piqa, offline:boolq, offline:openbookqa, offline:commonsense_qa, "
-        "offline:siqa, offline:mmlu, offline:all",
+        "offline:siqa, offline:mmlu, offline:all (none: perplexity, size and speed only)",
     )
     group.add_argument(
         "--tasks-path",
