@@ -63,9 +63,15 @@ class Loaded:
 def load(options: SourceOptions, resolved: ResolvedSource | None = None) -> Loaded:
     """Resolve (download or convert) and load the model, checking the family first."""
     start = time.perf_counter()
-    source = resolved or resolve_source(options.spec, allow_pickle=options.allow_pickle, base_model=options.base_model)
+    source = resolved or resolve_source(
+        options.spec, allow_pickle=options.allow_pickle, base_model=options.base_model
+    )
     model, tokenizer = load_model(
-        source, dtype=options.dtype, device=options.device, trust_remote_code=options.trust_remote_code
+        source,
+        dtype=options.dtype,
+        device=options.device,
+        trust_remote_code=options.trust_remote_code,
+        allow_pickle=options.allow_pickle,
     )
     return Loaded(source, model, tokenizer, adapter_for(model), {"load_s": time.perf_counter() - start})
 

@@ -103,9 +103,11 @@ def load_model(
     dtype: str = "auto",
     device: str | None = None,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> tuple[Any, Any]:
     """Load (model, tokenizer) in eval mode. Architecture support is checked from the config first,
-    so an unsupported family fails before any weights are read."""
+    so an unsupported family fails before any weights are read; pickled weights load only with
+    `allow_pickle` (unpickling can run arbitrary code)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hubprune.arch import adapter_for
@@ -113,11 +115,13 @@ def load_model(
     device = device or default_device()
     model_type = json.loads((source.local_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
     adapter_for(str(model_type))
+    if not allow_pickle and not any(source.local_dir.glob("*.safetensors")):
+        raise SourceError(f"{source.spec} has no safetensors weights (pickled .bin weights load only with --allow-pickle)")
     model = AutoModelForCausalLM.from_pretrained(
         source.local_dir,
         dtype=resolve_dtype(dtype, device),
         trust_remote_code=trust_remote_code,
-        use_safetensors=None,
+        use_safetensors=None if allow_pickle else True,
     )
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(source.local_dir, trust_remote_code=trust_remote_code)

@@ -33,7 +33,19 @@ def cal_args(text_file):
 
 def test_prune_writes_a_loadable_folder_and_manifest(tiny_dir, text_file, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["prune", str(tiny_dir), "--method", "block-influence", "--amount", "2", "--out", str(out), *cal_args(text_file)])
+    code = main(
+        [
+            "prune",
+            str(tiny_dir),
+            "--method",
+            "block-influence",
+            "--amount",
+            "2",
+            "--out",
+            str(out),
+            *cal_args(text_file),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "removed 2 of 4 blocks" in printed and str(out) in printed
@@ -63,8 +75,19 @@ def test_inspect_json_scores_every_block(tiny_dir, text_file, capsys):
         (["prune", "{tiny}", "--amount", "1.5"], "neither a whole count nor a fraction"),
         (["prune", "{tiny}", "--method", "shortgpt"], "unknown method 'shortgpt'"),
         (["prune", "{tiny}", "--method", "block-influence", "--calibration", "{empty}"], "contains no text"),
-        (["prune", "{tiny}", "--method", "block-influence", "--seq-len", "1000", "--calibration", "{text}"],
-         "longer than the model allows (256 positions)"),
+        (
+            [
+                "prune",
+                "{tiny}",
+                "--method",
+                "block-influence",
+                "--seq-len",
+                "1000",
+                "--calibration",
+                "{text}",
+            ],
+            "longer than the model allows (256 positions)",
+        ),
         (["prune", "{gpt2}"], "'gpt2' is not supported"),
     ],
 )
@@ -74,7 +97,12 @@ def test_user_mistakes_are_one_clear_line(argv, message, tiny_dir, text_file, tm
     gpt2 = tmp_path / "gpt2"
     gpt2.mkdir()
     AutoConfig.for_model("gpt2", n_layer=2, n_embd=32, n_head=2).save_pretrained(gpt2)
-    values = {"tiny": str(tiny_dir), "empty": str(tmp_path / "empty.txt"), "text": str(text_file), "gpt2": str(gpt2)}
+    values = {
+        "tiny": str(tiny_dir),
+        "empty": str(tmp_path / "empty.txt"),
+        "text": str(text_file),
+        "gpt2": str(gpt2),
+    }
     argv = [a.format(**values) for a in argv]
     defaults = {"--method": "reverse-order", "--amount": "1", "--out": str(tmp_path / "out")}
     for flag, value in defaults.items():
@@ -89,7 +117,19 @@ def test_user_mistakes_are_one_clear_line(argv, message, tiny_dir, text_file, tm
 
 def test_no_traceback_from_the_console_script(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "hubprune", "prune", "owner/", "--method", "random", "--amount", "1", "--out", str(tmp_path / "o")],
+        [
+            sys.executable,
+            "-m",
+            "hubprune",
+            "prune",
+            "owner/",
+            "--method",
+            "random",
+            "--amount",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+        ],
         capture_output=True,
         text=True,
     )
@@ -100,7 +140,21 @@ def test_no_traceback_from_the_console_script(tmp_path):
 def test_refuses_to_overwrite_an_existing_run(tiny_dir, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "README.md").write_text("someone's card")
-    assert main(["prune", str(tiny_dir), "--method", "reverse-order", "--amount", "1", "--out", str(tmp_path / "out")]) == 1
+    assert (
+        main(
+            [
+                "prune",
+                str(tiny_dir),
+                "--method",
+                "reverse-order",
+                "--amount",
+                "1",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 1
+    )
     assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "out" / "README.md").read_text() == "someone's card"
 
@@ -113,3 +167,17 @@ def test_help_for_every_verb():
     assert {"pull", "inspect", "prune", "ls"} <= set(verbs)
     for name, sub in verbs.items():
         assert sub.format_help().startswith("usage: hubprune " + name)
+
+
+def test_local_pickle_weights_need_allow_pickle(tmp_path, capsys):
+    from tests.tiny import char_tokenizer, tiny_model
+
+    folder = tmp_path / "pickled"
+    model = tiny_model("llama")
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")  # transformers 5 only writes safetensors
+    char_tokenizer().save_pretrained(folder)
+    argv = ["prune", str(folder), "--method", "reverse-order", "--amount", "1", "--out", str(tmp_path / "o")]
+    assert main(argv) == 1
+    assert "--allow-pickle" in capsys.readouterr().err
+    assert main([*argv, "--allow-pickle"]) == 0
