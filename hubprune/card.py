@@ -538,6 +538,7 @@ def build_context(
             "rows": rows,
             "has_recovered": any(r["recovered"] is not None for r in rows),
             "settings": [(k, v) for k, v in _scalars(settings) if k in EVAL_SETTING_KEYS],
+            "limit": settings.get("limit") if isinstance(settings, dict) else None,
         }
     return {
         "generated_marker": GENERATED_MARKER,
