@@ -166,6 +166,11 @@ def test_create_pr_leaves_main_untouched(hub_server, run_dir, token):
     assert result.pr_url and result.pr_url.endswith("/discussions/1")
     assert remote_weights(hub_server, "refs/pr/1") != remote_weights(hub_server, "main")
     assert remote_weights(hub_server, "main") == ["model.safetensors"]
+    # Adding to the open PR goes through its ref, and still leaves main alone.
+    (run_dir / "NOTES.md").write_text("review fix\n", encoding="utf-8")
+    again = publish(run_dir, REPO, private=False, revision="refs/pr/1")
+    assert head(hub_server, "refs/pr/1") == again.commit_sha and head(hub_server) == main_before
+    assert "NOTES.md" in hub_server.files(REPO, "refs/pr/1")
 
 
 def test_revision_publishes_to_a_new_branch(hub_server, run_dir, token):
