@@ -220,15 +220,22 @@ class RecoverySettings(_Section):
 class EvaluateSection(_Section):
     """Arguments for `hubprune.evaluate.evaluate_run`."""
 
-    tasks: list[str] = Field(default_factory=list)
+    tasks: list[str] = Field(
+        min_length=1, description="lm-eval task names, or the offline pack (offline:piqa)"
+    )
     tasks_path: list[str] | None = Field(default=None, description="folders of extra lm-eval task YAML files")
     limit: int | float | None = Field(default=None, gt=0)
     num_fewshot: int | None = Field(default=None, ge=0)
     batch_size: int = Field(default=8, gt=0)
     perplexity_data: str | None = None
     speed: bool = False
-    compare_to: str | None = None
+    compare_to: str | None = Field(default=None, description="the base to compare with (default: the source)")
     seed: int = 0
+    perplexity: bool = True
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="further evaluation settings (dtype, device, perplexity_seq_len, ...)",
+    )
 
 
 class PublishSection(_Section):

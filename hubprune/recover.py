@@ -262,7 +262,12 @@ def prepare_data(tokenizer: Any, settings: RecoverySettings) -> TrainingData:
 
     train, held_out = encode(rows), encode(eval_rows)
     if not train:
-        raise DataError(f"training data '{settings.data}' gives no example of {settings.seq_len} tokens")
+        why = (
+            f"no full window of {settings.seq_len} tokens"
+            if fmt == "text"
+            else f"no example whose answer starts within {settings.seq_len} tokens"
+        )
+        raise DataError(f"training data '{settings.data}' gives {why}; lower seq_len or give more text")
     if not held_out:
         raise DataError(
             f"the held-out part of '{settings.data}' gives no example of {settings.seq_len} tokens; "
@@ -436,15 +441,31 @@ def _fingerprint(settings: RecoverySettings, run_dir: Path, manifest: Manifest) 
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest `checkpoint-N` folder that was fully written.
+
+    Trainer writes a checkpoint in place (weights, optimizer, RNG, then `trainer_state.json`), so a
+    run killed while saving leaves a partial folder; it is skipped rather than resumed from.
+    """
+    found = []
+    for path in ckpt_dir.glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and step.isdigit():
+            found.append((int(step), path))
+    for _, path in sorted(found, reverse=True):
+        if (path / "trainer_state.json").is_file():
+            return path
+        logger.warning("skipping %s: it was not completely written", path)
+    return None
+
+
 def _resume_point(ckpt_dir: Path, fingerprint: str) -> tuple[str | None, dict[str, Any]]:
     """The checkpoint to resume from (None = start fresh) and the state saved with it."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    state_file = ckpt_dir / STATE_FILE
     if not ckpt_dir.is_dir():
         return None, {}
+    state_file = ckpt_dir / STATE_FILE
     state = json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else {}
-    last = get_last_checkpoint(str(ckpt_dir))
+    last = last_complete_checkpoint(ckpt_dir)
     if last is None:
         return None, state if state.get("fingerprint") == fingerprint else {}
     if state.get("fingerprint") != fingerprint:
@@ -452,7 +473,7 @@ def _resume_point(ckpt_dir: Path, fingerprint: str) -> tuple[str | None, dict[st
             f"{ckpt_dir} holds checkpoints of a different recovery run (other settings or input); "
             "remove that folder or start over (hubprune recover --restart, hubprune run --redo recover)"
         )
-    return last, state
+    return str(last), state
 
 
 # -- the stage ------------------------------------------------------------------------------------

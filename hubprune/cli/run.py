@@ -125,15 +125,17 @@ def run_recipe(
 def _distributed() -> Any:
     """accelerate's process state under `accelerate launch` / torchrun, None for a single process.
 
-    Only recovery is distributed; the other stages run on the main process while the rest wait.
+    Only recovery is distributed; the other stages run on the main process while the rest wait,
+    so the process group gets a timeout long enough for a download and a prune (3 hours).
     """
+    import datetime
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(timeout=datetime.timedelta(hours=3))
 
 
 def _share_progress(state: RunState, dist: Any) -> None:
@@ -212,8 +214,9 @@ def evaluate_stage(state: RunState) -> None:
         return
     from hubprune.evaluate import evaluate_run
 
-    logger.info("evaluate: %s", ", ".join(recipe.evaluate.tasks) or "perplexity / speed only")
-    evaluate_run(out, **recipe.evaluate.model_dump())
+    logger.info("evaluate: %s", ", ".join(recipe.evaluate.tasks))
+    section = recipe.evaluate
+    evaluate_run(out, **section.model_dump(exclude={"options"}), **section.options)
     state.ran.append("evaluate")
 
 
