@@ -376,6 +376,7 @@ def _publish_remote(
     from huggingface_hub.errors import (
         HfHubHTTPError,
         LocalTokenNotFoundError,
+        OfflineModeIsEnabled,
         OIDCError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -451,6 +452,8 @@ def _publish_remote(
         raise
     except (LocalTokenNotFoundError, OIDCError) as err:
         raise PublishError(f"no usable Hub token: {err}") from None
+    except OfflineModeIsEnabled:
+        raise PublishError("HF_HUB_OFFLINE is set, but publishing needs the Hub: unset it") from None
     except HfHubHTTPError as err:
         raise PublishError(_http_message(err, repo_id, where)) from None
     except ValueError as err:  # the Hub's YAML validation (before anything is uploaded)

@@ -327,3 +327,12 @@ def test_token_never_leaks(hub_server, run_dir, token, capfd, caplog, monkeypatc
     for secret in (HUB_TOKEN, wrong):
         leaks = [name for name, text in texts.items() if secret in text]
         assert not leaks, f"token found in {leaks}"
+
+
+def test_offline_mode_is_a_clear_error(hub_server, run_dir, token, monkeypatch):
+    """Catches HF_HUB_OFFLINE=1 being reported as a dropped connection."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(PublishError, match="HF_HUB_OFFLINE is set"):
+        publish(run_dir, REPO, private=False)
