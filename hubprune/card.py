@@ -172,6 +172,8 @@ EVAL_SETTING_KEYS = (
     "lm_eval_version",
     "offline_pack",
 )
+# Recovery record fields not shown in the card: local paths and nested records (in hubprune.json).
+RECOVERY_SKIP = ("from_run", "curve", "log_history", "settings", "data_info")
 SPEED_FIELDS = (("prefill_tokens_per_s", "prefill tokens/s"), ("decode_tokens_per_s", "decode tokens/s"))
 
 
@@ -593,7 +595,7 @@ def build_context(
         "budget_requested": (plan.budget or {}).get("requested"),
         "recovery": None
         if recover is None
-        else {"settings": _scalars(recover, skip=("curve", "log_history")), "mode": recover.get("mode")},
+        else {"settings": _scalars(recover, skip=RECOVERY_SKIP), "mode": recover.get("mode")},
         "recipe": manifest.recipe,
         "command": _command_line(manifest),
         "license": license_id,

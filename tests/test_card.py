@@ -79,6 +79,7 @@ def block_manifest() -> Manifest:
             "prune": {"load_s": 1.0, "score_s": 2.0, "batch_size": 8},
             "recover": {
                 "mode": "partial",
+                "from_run": "/home/someone/out/pruned",
                 "last_k": 3,
                 "data": "yahma/alpaca-cleaned",
                 "data_kind": "hub-dataset",
@@ -265,6 +266,7 @@ def test_card_snapshot_block_run_with_eval_and_recovery(tmp_path):
     (folder / "LICENSE").write_text("LLAMA 3.2 COMMUNITY LICENSE AGREEMENT\n", encoding="utf-8")
     (folder / "USE_POLICY.md").write_text("policy\n", encoding="utf-8")
     path = card.render_card(folder, repo_id="test-org/llama-3.2-1b-bi2")
+    assert "/home/someone" not in path.read_text(encoding="utf-8")  # no local paths in a public card
     check_snapshot("card_block_eval_recover.md", path.read_text(encoding="utf-8"))
     check_snapshot("layer_map_block.svg", (folder / "layer_map.svg").read_text(encoding="utf-8"))
 
