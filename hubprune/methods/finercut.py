@@ -24,9 +24,9 @@ facts, and picks exactly the same sublayers in the same order (tested):
    entering block j of the current pruned model (kept for every block, refreshed after each
    step only from the chosen block on).
 2. Across steps: once c* (in block j*) is chosen, a candidate c in block j < j* sees the same
-   states up to block j* as in the previous step. Each candidate's states at a few speculated
-   boundaries (the blocks of the previous step's best candidates, memory-bounded by
-   `reuse_budget_mb`) are kept, and the next step resumes from the deepest one ≤ j*.
+   states up to block j* as in the previous step. Each candidate's states are kept at every
+   block boundary when `reuse_budget_mb` allows, else at a few speculated ones (the blocks of
+   the previous step's best candidates), and the next step resumes from the deepest one ≤ j*.
 
 The dense reference distributions are computed once (N·T·V floats in memory). Forward FLOPs are
 tallied per block, sublayer and `lm_head` from costs measured with torch's FlopCounterMode.
@@ -391,9 +391,11 @@ class _Engine:
             self.speculate = set()
             return
         slots = int(self.reuse_budget // (num_candidates * self.state_bytes))
-        slots = min(slots, 4)
         if slots <= 0:
             self.speculate = set()
+            return
+        if slots >= self.num_blocks:  # memory for every boundary: no need to guess
+            self.speculate = set(range(1, self.num_blocks))
             return
         blocks: list[int] = []
         if ranking:
