@@ -380,7 +380,11 @@ def _summary_counts(plan: Plan, before: dict[str, Any]) -> dict[str, Any]:
             "what": "sublayers",
             "removed": len(kinds),
             "total": 2 * blocks,
-            "detail": f"{kinds.count('attn')} attention, {kinds.count('mlp')} MLP",
+            "detail": ", ".join(
+                f"{kinds.count(kind)} {label}"
+                for kind, label in (("attn", "attention"), ("mlp", "MLP"))
+                if kind in kinds
+            ),
         }
     if all(k == "block" for k in kinds):
         return {"what": "blocks", "removed": len(kinds), "total": blocks, "detail": ""}
@@ -522,9 +526,15 @@ def build_context(
     export_format = str(export.get("format", "plain"))
     sublayers = any(u.kind in ("attn", "mlp") for u in plan.removed)
     zero_filled = export_format == "plain" and any(u.kind != "block" for u in plan.removed)
-    params_fraction = (
-        1 - after["params_total"] / before["params_total"] if before.get("params_total") else None
-    )
+    # The plan's own count is the nominal removal; a zero-filled export stores the removed
+    # weights, so before/after statistics of the exported model would say 0 %.
+    reached = (plan.budget or {}).get("reached") or {}
+    if _is_num(reached.get("params_fraction")):
+        params_fraction: float | None = float(reached["params_fraction"])
+    elif before.get("params_total"):
+        params_fraction = 1 - after["params_total"] / before["params_total"]
+    else:
+        params_fraction = None
     publish = manifest.stages.get("publish") if isinstance(manifest.stages.get("publish"), dict) else {}
     load_id = repo_id or publish.get("repo_id")
     license_info = base_card_license(manifest)
