@@ -389,3 +389,16 @@ def test_card_verb_renders_and_rerenders(tmp_path, capsys):
     assert f"wrote {folder / 'README.md'}" in capsys.readouterr().out
     assert main(["card", str(tmp_path)]) == 1  # not a run folder: one line, exit 1
     assert "not a hubprune run folder" in capsys.readouterr().err
+
+
+def test_zero_filled_export_is_called_what_it_is(tmp_path):
+    """Catches a plain (zero-filled) sublayer export presented as smaller: the share removed is the
+    plan's nominal one and the card says the weights are still stored."""
+    manifest = sublayer_manifest()
+    manifest.export = {"format": "plain"}
+    manifest.model_after = dict(manifest.model_before)  # zero-filled: same stored parameters
+    manifest.plan.budget = {"requested": {"amount": 3, "by": "units"}, "reached": {"params_fraction": 0.125}}
+    text = card.render_card_text(write_run(tmp_path / "run", manifest), repo_id="test-org/pruned")
+    assert "12.5% of the parameters (nominally: this export zero-fills them)" in text
+    assert "**zero-filled**" in text and "no savings" in text
+    assert "trust_remote_code" not in text
