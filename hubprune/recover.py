@@ -502,10 +502,17 @@ def _curve(
     }
 
 
-def _trainer(model: nn.Module, settings: RecoverySettings, data: TrainingData, ckpt_dir: Path, pad_id: int):
+def _trainer(
+    model: nn.Module,
+    settings: RecoverySettings,
+    data: TrainingData,
+    ckpt_dir: Path,
+    pad_id: int,
+    on_gpu: bool,
+) -> tuple[Any, str]:
+    """A Trainer over the prepared examples; returns it and the precision it trains in."""
     from transformers import Trainer, TrainingArguments
 
-    on_gpu = torch.cuda.is_available() and settings.device != "cpu"
     precision = _precision(settings, on_gpu)
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
@@ -574,11 +581,10 @@ def recover(
         DataError: missing dataset or column, no example of `seq_len` tokens.
         ExportError: `out_dir` is not empty and `overwrite` is False.
     """
+    from accelerate import PartialState
     from transformers import set_seed
 
-    from hubprune.export import export_plain, prepare_out_dir
-    from hubprune.size import model_stats
-    from hubprune.source import ResolvedSource, load_model
+    from hubprune.export import prepare_out_dir
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.resolve() == run_dir.resolve():
@@ -588,15 +594,70 @@ def recover(
     ckpt_dir = Path(settings.checkpoint_dir) if settings.checkpoint_dir else Path(f"{out_dir}.checkpoints")
     fingerprint = _fingerprint(settings, run_dir, manifest)
     # Under `accelerate launch` every process runs this function; the main one touches files first.
-    from accelerate import PartialState
-
-    dist = PartialState()
+    on_gpu = torch.cuda.is_available() and settings.device != "cpu"
+    dist = PartialState(cpu=not on_gpu)
     if restart and dist.is_main_process and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     dist.wait_for_everyone()
     resume_from, saved_state = _resume_point(ckpt_dir, fingerprint)
 
     set_seed(settings.seed)
+    model, tokenizer, adapter, setup = _setup_model(run_dir, settings)
+    with dist.main_process_first():  # one process downloads and caches the dataset, the others reuse it
+        data = prepare_data(tokenizer, settings)
+    logger.info(
+        "data: %d training / %d held-out examples (%s format, %d tokens)",
+        data.info["train_examples"], data.info["eval_examples"], data.info["format"], data.info["train_tokens"],
+    )  # fmt: skip
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+    trainer, precision = _trainer(model, settings, data, ckpt_dir, pad_id, on_gpu)
+
+    start = time.perf_counter()
+    eval_before = saved_state.get("eval_before") or trainer.evaluate()
+    if trainer.is_world_process_zero():
+        _save_state(ckpt_dir, fingerprint, eval_before, settings)
+    if resume_from:
+        logger.info("resuming from %s", resume_from)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    eval_after = trainer.evaluate()
+    train_s = time.perf_counter() - start
+
+    trained_model = _final_model(trainer, settings, run_dir, ckpt_dir)
+    if trained_model is None:  # not the main process: wait for the main one to write the folder
+        trainer.accelerator.wait_for_everyone()
+        return Manifest.load(out_dir) if (out_dir / "hubprune.json").is_file() else manifest
+    model, export = _export(trained_model, tokenizer, out_dir, run_dir, settings, setup["export_dtype"])
+    record = _record(settings, run_dir, setup, data, trainer, result, precision, train_s)
+    record["curve"] = curve = _curve(trainer.state.log_history, eval_before, eval_after)
+    record.update(
+        eval_loss_before=_rounded(curve["eval_loss_before"], 4),
+        eval_loss_after=_rounded(curve["eval_loss_after"], 4),
+        eval_perplexity_before=_rounded(curve["eval_perplexity_before"], 2),
+        eval_perplexity_after=_rounded(curve["eval_perplexity_after"], 2),
+        resumed_from=Path(resume_from).name if resume_from else None,
+        adapter_dir="adapter" if (out_dir / "adapter").is_dir() else None,
+    )
+    new = _new_manifest(manifest, model, adapter, export, record, recipe)
+    new.save(out_dir)
+    if not settings.keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    logger.info(
+        "held-out loss %.4f -> %.4f in %d steps (%.0f s); wrote %s",
+        curve["eval_loss_before"], curve["eval_loss_after"], record["steps"], train_s, out_dir,
+    )  # fmt: skip
+    return new
+
+
+def _setup_model(
+    run_dir: Path, settings: RecoverySettings
+) -> tuple[nn.Module, Any, ArchAdapter, dict[str, Any]]:
+    """Load the pruned model on the CPU (the Trainer places it) and make only the chosen weights trainable.
+
+    Returns the model (a PeftModel for LoRA), the tokenizer, the adapter and what was set up.
+    """
+    from hubprune.source import ResolvedSource, load_model
+
     model, tokenizer = load_model(
         ResolvedSource(str(run_dir), "local", run_dir), dtype=settings.dtype, device="cpu"
     )
@@ -607,85 +668,87 @@ def recover(
         raise RecipeError(f"recover.seq_len {settings.seq_len} exceeds the model's {max_positions} positions")
     tied = embeddings_tied(model, adapter)
     head = model.get_submodule(adapter.lm_head).weight
-    vocab_x_hidden = head.shape[0] * head.shape[1]
-
     if settings.mode == "partial":
         if tied and settings.tied_embeddings == "untie":
             untie_embeddings(model, adapter)
         trained = _set_trainable_partial(model, adapter, settings, tied)
-        trains_head = adapter.lm_head in trained
     else:
         model = _apply_lora(model, adapter, settings, tied)
         trained = list(settings.lora_settings.target_modules or adapter.lora_targets)
-        trains_head = adapter.lm_head in trained
-    note = tied_embeddings_note(
-        tied, settings.tied_embeddings, trains_head or settings.mode == "partial", vocab_x_hidden
-    )
+    considered = adapter.lm_head in trained or settings.mode == "partial"
+    note = tied_embeddings_note(tied, settings.tied_embeddings, considered, head.shape[0] * head.shape[1])
     logger.info("tied embeddings: %s", note)
     _upcast_trainable(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info(
-        "training %s parameters of %s (%s: %s)",
+        "training %s of %s parameters (%s: %s)",
         f"{trainable:,}",
         f"{total:,}",
         settings.mode,
         ", ".join(trained),
     )
+    setup = {
+        "trained": trained,
+        "trainable": trainable,
+        "tied": tied,
+        "note": note,
+        "export_dtype": export_dtype,
+    }
+    return model, tokenizer, adapter, setup
 
-    with dist.main_process_first():  # one process downloads and caches the dataset, the others reuse it
-        data = prepare_data(tokenizer, settings)
-    logger.info(
-        "data: %d training / %d held-out examples (%s format, %d tokens)",
-        data.info["train_examples"],
-        data.info["eval_examples"],
-        data.info["format"],
-        data.info["train_tokens"],
-    )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-    trainer, precision = _trainer(model, settings, data, ckpt_dir, pad_id)
-    main = trainer.is_world_process_zero()
 
-    start = time.perf_counter()
-    eval_before = saved_state.get("eval_before") or trainer.evaluate(metric_key_prefix="eval")
-    if main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        state = {
-            "fingerprint": fingerprint,
-            "eval_before": eval_before,
-            "settings": settings.model_dump(mode="json"),
-        }
-        (ckpt_dir / STATE_FILE).write_text(
-            json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
-    if resume_from:
-        logger.info("resuming from %s", resume_from)
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    eval_after = trainer.evaluate(metric_key_prefix="eval")
-    train_s = time.perf_counter() - start
+def _save_state(
+    ckpt_dir: Path, fingerprint: str, eval_before: dict[str, float], settings: RecoverySettings
+) -> None:
+    """What the checkpoints belong to, and the pre-training evaluation (not repeated on resume)."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    state = {
+        "fingerprint": fingerprint,
+        "eval_before": eval_before,
+        "settings": settings.model_dump(mode="json"),
+    }
+    (ckpt_dir / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-    model = _final_model(trainer, settings, run_dir, ckpt_dir)
-    if model is None:  # not the main process: wait for the main one to write the folder
-        trainer.accelerator.wait_for_everyone()
-        return Manifest.load(out_dir) if (out_dir / "hubprune.json").is_file() else manifest
+
+def _export(
+    model: nn.Module,
+    tokenizer: Any,
+    out_dir: Path,
+    run_dir: Path,
+    settings: RecoverySettings,
+    dtype: torch.dtype,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Merge LoRA (keeping the adapter if asked), cast back to the input's dtype and export plain."""
+    from hubprune.export import export_plain
+
     adapter_tmp = None
-    if settings.mode == "lora" and settings.lora_settings.save_adapter:
-        adapter_tmp = Path(
-            tempfile.mkdtemp(prefix=".adapter.", dir=out_dir.parent if out_dir.parent.exists() else None)
-        )
-        model.save_pretrained(adapter_tmp)
     if settings.mode == "lora":
+        if settings.lora_settings.save_adapter:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            adapter_tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=out_dir.parent))
+            model.save_pretrained(adapter_tmp)
         model = model.merge_and_unload()
-    model = model.to(export_dtype).eval()
+    model = model.to(dtype).eval()
     model.config.use_cache = True
     export = export_plain(model, tokenizer, out_dir, source_dir=run_dir, overwrite=True)
     if adapter_tmp is not None:
         shutil.move(str(adapter_tmp), out_dir / "adapter")
         export["files"] = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
+    return model, export
 
-    stats = model_stats(model, adapter)
-    curve = _curve(trainer.state.log_history, eval_before, eval_after)
-    # Flat scalars first (the card lists them as the settings table), then the detailed records.
+
+def _record(
+    settings: RecoverySettings,
+    run_dir: Path,
+    setup: dict[str, Any],
+    data: TrainingData,
+    trainer: Any,
+    result: Any,
+    precision: str,
+    train_s: float,
+) -> dict[str, Any]:
+    """`stages["recover"]`: flat scalars first (the card's settings table), then the detailed records."""
     record: dict[str, Any] = {
         "mode": settings.mode,
         "from_run": str(run_dir),
@@ -697,56 +760,51 @@ def recover(
         "epochs": round(float(trainer.state.epoch or 0.0), 4),
         "seq_len": settings.seq_len,
         "effective_batch_size": settings.batch_size * settings.grad_accum * trainer.args.world_size,
-        "trained_modules": trained,
-        "trainable_params": trainable,
-        "tied_embeddings": note,
-        "tied_embeddings_choice": settings.tied_embeddings if tied else None,
-        "eval_loss_before": curve["eval_loss_before"],
-        "eval_loss_after": curve["eval_loss_after"],
-        "eval_perplexity_before": curve["eval_perplexity_before"],
-        "eval_perplexity_after": curve["eval_perplexity_after"],
+        "trained_modules": setup["trained"],
+        "trainable_params": setup["trainable"],
+        "tied_embeddings": setup["note"],
+        "tied_embeddings_choice": settings.tied_embeddings if setup["tied"] else None,
         "precision": precision,
         "engine": _engine(trainer),
         "world_size": trainer.args.world_size,
-        "resumed_from": Path(resume_from).name if resume_from else None,
         "train_s": round(train_s, 2),
         "settings": settings.model_dump(mode="json"),
         "data_info": data.info,
-        "curve": curve,
     }
     if settings.mode == "partial":
         record["last_k"] = settings.last_k
     else:
         lora = settings.lora_settings
         record.update(lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, lora_merged=True)
-        record["adapter_dir"] = "adapter" if adapter_tmp is not None else None
+    return record
+
+
+def _new_manifest(
+    manifest: Manifest, model: nn.Module, adapter: ArchAdapter, export: dict, record: dict, recipe: str | None
+) -> Manifest:
+    """The input's manifest with the recovered model's sizes, export and `recover` record.
+
+    Records of evaluate / card / publish described the input model and are dropped.
+    """
+    from hubprune.size import model_stats
+
+    stats = model_stats(model, adapter)
     stages = {k: v for k, v in manifest.stages.items() if k not in _STALE_STAGES}
     stages["recover"] = record
-    new = dataclasses.replace(
+    changed = ("params_total", "params_non_embedding", "tied_embeddings", "dtype")
+    return dataclasses.replace(
         manifest,
-        model_after={
-            **manifest.model_after,
-            **{k: stats[k] for k in ("params_total", "params_non_embedding", "tied_embeddings", "dtype")},
-        },
+        model_after={**manifest.model_after, **{k: stats[k] for k in changed}},
         export=export,
         stages=stages,
         recipe=recipe if recipe is not None else manifest.recipe,
         versions=library_versions(),
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    new.save(out_dir)
-    if not settings.keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    logger.info(
-        "held-out loss %.4f -> %.4f in %d steps (%.0f s); wrote %s",
-        curve["eval_loss_before"],
-        curve["eval_loss_after"],
-        record["steps"],
-        train_s,
-        out_dir,
-    )
-    return new
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _engine(trainer: Any) -> str:
