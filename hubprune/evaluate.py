@@ -433,11 +433,14 @@ def _evaluate_candidate(
     """Load (unless cached), evaluate, free the model; a cacheable result is read from / written
     to the cache (without speed, which is always measured anew)."""
     from hubprune.arch import adapter_for
-    from hubprune.cost import model_cost
+    from hubprune.cost import model_cost, zero_filled_units
     from hubprune.source import default_device, load_model
 
     device = settings.device or default_device()
     key = _settings_key(settings, resolved, text, speed)
+    zeroed = zero_filled_units(plan, export_format)
+    if zeroed:  # the cost section reads the plan; a block-only plan changes nothing cached
+        key["zero_filled"] = [u.name for u in zeroed]
     cache = _cache_path(candidate, key, device) if candidate.cacheable and use_cache else None
     cached = None
     if cache is not None and cache.is_file():
@@ -795,7 +798,7 @@ def evaluate_run(
         source_run = _from_run(run, manifest)
         if source_run is not None:
             candidates.append(_resolve("pruned", str(source_run), settings, cacheable=True))
-    candidates.append(_resolve("recovered" if recovered else "pruned", str(run), settings, cacheable=False))
+    candidates.append(_resolve("recovered" if recovered else "pruned", str(run), settings, cacheable=True))
     export_format = (manifest.export or {}).get("format")
     results, resolved, text = _run_roles(
         candidates,
