@@ -9,10 +9,10 @@ summary into the manifest's ``stages["evaluate"]`` for the card.
 * Tasks run through lm-eval's Python API with ``HFLM(pretrained=<model object>)``, so the model
   is scored as loaded, without a second copy on disk. lm-eval's own ``config`` block is kept.
 * Perplexity: see :func:`text_perplexity` for windows, stride and BOS handling.
-* The base model's numbers (tasks, perplexity, cost; never speed, which must be measured
-  in the same session as the model it is compared with) are cached under
-  ``hubprune.offline.cache_dir()/eval``, keyed by the source's sha (or a fingerprint of its
-  files) and every setting that changes a number, so re-runs don't recompute them.
+* Each model's numbers (tasks, perplexity, cost; never speed, which must be measured in the
+  same session as the model it is compared with) are cached under
+  ``hubprune.offline.cache_dir()/eval``, keyed by the source's Hub sha (or a fingerprint of its
+  weight files) and every setting that changes a number, so re-runs don't recompute the base.
 
 Per metric the report holds one value per model role ("base", "pruned", "recovered", or
 "model" for a folder that is not a run), ``delta`` = value - base and ``retained_pct`` =
@@ -825,11 +825,13 @@ def evaluate_model_spec(
     tasks: list[str],
     compare_to: str | None = None,
     output: str | Path | None = None,
+    base_model: str | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Evaluate any model (Hub id, folder, GGUF, ``offline:NAME``) that is not a run folder, as
     role "model", optionally next to ``compare_to`` as role "base"; writes the report to
-    `output` when given. Other keyword arguments are those of :func:`evaluate_run`."""
+    `output` when given; `base_model` is the Hub id recorded for a local folder or GGUF file.
+    Other keyword arguments are those of :func:`evaluate_run`."""
     run_options = {
         k: kwargs.pop(k) for k in ("perplexity", "speed", "speed_options", "use_cache") if k in kwargs
     }
@@ -846,7 +848,7 @@ def evaluate_model_spec(
     candidates = []
     if compare_to:
         candidates.append(_resolve("base", compare_to, settings, cacheable=True))
-    candidates.append(_resolve("model", spec, settings, cacheable=True))
+    candidates.append(_resolve("model", spec, settings, cacheable=True, base_model=base_model))
     results, resolved, text = _run_roles(candidates, settings, **run_options)
     report = build_report(results, settings, resolved, text=text)
     if output is not None:

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> None:
         if args.output:
             written = write_report(report, args.output)
     else:
-        report = evaluate_model_spec(args.source, output=args.output, **common)
+        report = evaluate_model_spec(args.source, output=args.output, base_model=args.base_model, **common)
         written = Path(args.output) if args.output else None
     print(json.dumps(report, indent=2, sort_keys=True) if args.json else format_table(report))
     if written is not None and not args.json:
