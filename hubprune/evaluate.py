@@ -390,7 +390,7 @@ def _resolve(
     return _Candidate(role, spec, folder, source, fingerprint, cacheable, info)
 
 
-def _settings_key(settings: EvalSettings, resolved: ResolvedTasks, text: Any, speed: bool) -> dict[str, Any]:
+def _settings_key(settings: EvalSettings, resolved: ResolvedTasks, text: Any) -> dict[str, Any]:
     """The part of the settings that changes cached numbers, plus the task and data fingerprints."""
     task_files = {}
     for name, src in sorted(resolved.sources.items()):
@@ -437,7 +437,7 @@ def _evaluate_candidate(
     from hubprune.source import default_device, load_model
 
     device = settings.device or default_device()
-    key = _settings_key(settings, resolved, text, speed)
+    key = _settings_key(settings, resolved, text)
     zeroed = zero_filled_units(plan, export_format)
     if zeroed:  # the cost section reads the plan; a block-only plan changes nothing cached
         key["zero_filled"] = [u.name for u in zeroed]
