@@ -336,3 +336,25 @@ def test_offline_mode_is_a_clear_error(hub_server, run_dir, token, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(PublishError, match="HF_HUB_OFFLINE is set"):
         publish(run_dir, REPO, private=False)
+
+
+def test_card_takes_the_license_from_the_pulled_base_card(hub_server, pruned_run, token):
+    """Catches a card that loses the base model's license when the manifest does not carry it: the
+    pull stage cached the base repo's README.md, and the card reads it from the cache (no download)."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    from hubprune.card import base_card_license
+    from hubprune.plan import Manifest
+
+    api = HfApi()
+    api.create_repo("test-org/llama-base", private=False)
+    readme = "---\nlicense: llama3.1\nlicense_name: llama3.1\n---\n# base\n"
+    info = api.upload_file(
+        path_or_fileobj=readme.encode(), path_in_repo="README.md", repo_id="test-org/llama-base"
+    )
+    snapshot_download("test-org/llama-base", revision=info.oid)
+    manifest = Manifest.load(pruned_run)
+    manifest.source.update({"base_model": "test-org/llama-base", "sha": info.oid, "license": None})
+    requests = len(hub_server.requests)
+    assert base_card_license(manifest) == {"license": "llama3.1", "license_name": "llama3.1"}
+    assert len(hub_server.requests) == requests  # read from the cache only
