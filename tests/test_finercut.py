@@ -168,3 +168,29 @@ def test_bad_input_refused():
         _plan(model, Budget(0.9, "params"))
     with pytest.raises(BudgetError, match="every sublayer that may be removed"):
         _plan(model, Budget(3), protect_first_blocks=1)
+
+
+@pytest.mark.slow
+def test_cached_search_equals_naive_on_smollm2(smollm2_dir):
+    """Would catch an order that differs only on real weights (near-ties, GQA, tied head).
+
+    The first 8 real blocks and 2 x 16 tokens keep this short; bench/finercut_search.py
+    runs the whole model at larger sizes."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hubprune.data import load_texts
+    from hubprune.surgery import remove_blocks
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    adapter = adapter_for(model)
+    remove_blocks(model, adapter, range(8, adapter.num_blocks(model)))
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    batch = build_calibration(tokenizer, load_texts("offline:lee-background"), samples=2, seq_len=16, seed=0)
+    orders = []
+    for engine in ("naive", "cached"):
+        params = FinerCutParams(engine=engine)
+        result = finercut_search(
+            model, adapter, batch, params, lambda removed: len(removed) >= 2, batch_size=2, progress=False
+        )
+        orders.append(result.order)
+    assert orders[0] == orders[1]
