@@ -101,8 +101,20 @@ def search_mode(args: argparse.Namespace) -> dict:
             for u in naive.step_scores[i]
         )
         print(f"same order: {same}; max |score difference|: {out['max_score_diff']:.3g}")
+        # The official code masks removed sublayers instead of skipping them, so each of its
+        # evaluations costs a dense forward pass: sum_t (2L - t) dense passes (METHODS.md).
+        per_row = naive.stats["flops_per_row"]
+        dense_row = sum(per_row["attn"]) + sum(per_row["mlp"]) + per_row["head"]
+        evaluations = sum(len(s) for s in naive.step_scores)
+        official = (evaluations + 1) * args.samples * dense_row
+        out["official_cost_model_flops"] = official
+        out["official_flops_ratio"] = official / cached.stats["forward_flops"]
+        out["head_share_of_dense_forward"] = per_row["head"] / dense_row
         print(f"wall-time ratio naive/cached: {out['wall_ratio']:.2f}")
         print(f"forward-FLOPs ratio naive/cached: {out['flops_ratio']:.2f}")
+        print(
+            f"forward-FLOPs ratio official cost model (dense passes)/cached: {out['official_flops_ratio']:.2f}"
+        )
     return out
 
 
