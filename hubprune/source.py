@@ -33,8 +33,9 @@ class ResolvedSource:
     license: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """For the manifest, which is published: the local folder (a cache or home path) is left out."""
         out = asdict(self)
-        out["local_dir"] = str(self.local_dir) if self.kind != "hub" else None
+        del out["local_dir"]
         return out
 
 

@@ -29,7 +29,7 @@ def test_prune_from_the_hub_records_the_commit(tiny_repo, tmp_path, capsys):
     manifest = Manifest.load(out)
     assert manifest.source["base_model"] == repo_id and manifest.source["revision"] == "main"
     assert manifest.source["sha"] == sha and manifest.source["kind"] == "hub"
-    assert manifest.source["local_dir"] is None, "a local cache path would leak into published files"
+    assert "local_dir" not in manifest.source, "a local cache path would leak into published files"
     assert (out / "LICENSE").read_text() == "Tiny license text"
     assert manifest.export["license_files"] == ["LICENSE"]
 
