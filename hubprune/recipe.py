@@ -333,52 +333,64 @@ def _runs(recipe: Recipe, stage: str) -> bool:
 # -- error reporting -----------------------------------------------------------------------------
 
 
-def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The field names accepted at `loc` (for "did you mean" on unknown keys)."""
-    current: Any = model
+def _sub_model(model: type[BaseModel], name: str) -> type[BaseModel] | None:
+    """The section model behind field `name` (`RecoverySettings` for `recover`), if it is one."""
+    annotation = model.model_fields[name].annotation
+    members = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+    return next((a for a in members if issubclass(a, BaseModel)), None)
+
+
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], list[str]]:
+    """(field path, fields accepted at its end) for a pydantic error location.
+
+    pydantic puts the union member it tried (`int`, `list[str]`, `function-after[...]`) inside
+    `loc`; only real field names and list indices make the path a user reads.
+    """
+    path: list[str] = []
+    current: type[BaseModel] | None = model
     for part in loc:
-        if (
-            not (isinstance(current, type) and issubclass(current, BaseModel))
-            or part not in current.model_fields
-        ):
-            return []
-        annotation = current.model_fields[part].annotation
-        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
-        current = next((a for a in candidates if issubclass(a, BaseModel)), None)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
+        if isinstance(part, int):
+            path.append(str(part))
+        elif current is not None and part in current.model_fields:
+            path.append(part)
+            current = _sub_model(current, part)
+    return path, list(current.model_fields) if current is not None else []
 
 
-def _describe(model: type[BaseModel], error: dict[str, Any]) -> str:
-    """One line for one pydantic error: `path: what was expected (got: value)`."""
-    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith(("function-", "union["))))
-    # pydantic names the union member it tried (`int`, `float`, ...) inside loc; keep field names only
-    path = ".".join(
-        str(p) for p in loc if isinstance(p, (str, int)) and str(p) not in ("int", "float", "str")
-    )
+def _describe(model: type[BaseModel], error: dict[str, Any]) -> tuple[str, str, str]:
+    """(field path, what was expected, what was given) for one pydantic error."""
     kind = error["type"]
     if kind == "extra_forbidden":
-        parent, key = loc[:-1], str(loc[-1])
-        allowed = _field_names(model, parent)
+        path, allowed = _walk(model, tuple(error["loc"][:-1]))
+        key = str(error["loc"][-1])
         hint = difflib.get_close_matches(key, allowed, n=1)
         did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
-        return f"{path}: unknown field{did_you_mean}; expected one of: {', '.join(allowed)}"
+        return (
+            ".".join([*path, key]),
+            f"unknown field{did_you_mean}; expected one of: {', '.join(allowed)}",
+            "",
+        )
+    path = ".".join(_walk(model, tuple(error["loc"]))[0]) or "(recipe)"
     if kind == "missing":
-        return f"{path}: required field is missing"
+        return path, "required field is missing", ""
     message = error["msg"].removeprefix("Value error, ")
     if kind in ("value_error", "assertion_error"):
-        return f"{path or '(recipe)'}: {message}"
-    return f"{path or '(recipe)'}: {message} (got: {error.get('input')!r})"
+        return path, message, ""
+    return path, message, f" (got: {error.get('input')!r})"
 
 
 def format_validation_error(err: ValidationError, model: type[BaseModel], what: str) -> str:
-    """All problems of a ValidationError, one per line, de-duplicated, in document order."""
-    lines: list[str] = []
+    """All problems of a ValidationError, one line per field in document order.
+
+    A field with a union type fails once per member; those become one line ("... or ...").
+    """
+    problems: dict[str, tuple[list[str], str]] = {}
     for error in err.errors():
-        line = _describe(model, error)
-        if line not in lines:
-            lines.append(line)
+        path, message, got = _describe(model, error)
+        messages, _ = problems.setdefault(path, ([], got))
+        if message not in messages:
+            messages.append(message)
+    lines = [f"{path}: {' or '.join(messages)}{got}" for path, (messages, got) in problems.items()]
     head = f"{what} has {len(lines)} problem{'s' if len(lines) != 1 else ''}:"
     return head + "".join(f"\n  - {line}" for line in lines)
 
