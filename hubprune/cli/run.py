@@ -159,7 +159,10 @@ def prune_stage(state: RunState) -> None:
     from hubprune.pipeline import CalibrationOptions, SourceOptions, prune
 
     recipe, folder = state.recipe, state.recipe.prune_dir()
-    if not state.should_run("prune", folder):
+    # Without recovery the pruned model *is* the run folder; one left by an earlier recipe that
+    # did recover holds the recovered model and must be replaced.
+    recovered_there = recipe.recover is None and "recover" in _stages_in(folder)
+    if not state.should_run("prune", folder, recorded=False if recovered_there else None):
         return
     section = recipe.prune
     extra: dict[str, Any] = {}
@@ -291,6 +294,12 @@ def _recorded_with_same_settings(folder: Path, stage: str, recipe: Any) -> bool:
         logger.info("%s: the recipe changed since it was done in %s; running it again", stage, folder)
         return False
     return True
+
+
+def _stages_in(folder: Path) -> dict[str, Any]:
+    from hubprune.plan import MANIFEST_NAME, Manifest
+
+    return Manifest.load(folder).stages if (folder / MANIFEST_NAME).is_file() else {}
 
 
 def _store_recipe(out: Path, text: str) -> bool:
