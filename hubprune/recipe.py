@@ -131,6 +131,13 @@ class LoraSection(_Section):
         return value
 
 
+# Recovery settings that do not change the trained model: checkpoints made under other values
+# of these are still resumed, and `hubprune run` does not redo a recovery for them.
+RECOVERY_NEUTRAL_FIELDS = frozenset(
+    {"checkpoint_dir", "keep_checkpoints", "logging_steps", "save_steps", "save_total_limit", "eval_steps"}
+)
+
+
 class RecoverySettings(_Section):
     """How to heal a pruned model: LoRA (merged into the weights) or partial fine-tuning.
 

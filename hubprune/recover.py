@@ -45,7 +45,7 @@ from hubprune import offline
 from hubprune.arch import ArchAdapter, adapter_for
 from hubprune.errors import DataError, RecipeError
 from hubprune.plan import Manifest, library_versions, token_ids_sha256
-from hubprune.recipe import LoraSection, RecoverySettings, recovery_settings
+from hubprune.recipe import RECOVERY_NEUTRAL_FIELDS, LoraSection, RecoverySettings, recovery_settings
 
 __all__ = ["RecoverySettings", "LoraSection", "recover", "recovery_settings", "prepare_data", "TrainingData"]
 
@@ -54,8 +54,6 @@ logger = logging.getLogger("hubprune.recover")
 STATE_FILE = "hubprune-recover.json"  # in the checkpoint folder: what the checkpoints belong to
 # Stage records that describe the *input* model and would be wrong for the recovered one.
 _STALE_STAGES = ("evaluate", "card", "publish")
-# Settings that do not change what is trained: a resumed run may differ in these.
-_RESUME_NEUTRAL = ("checkpoint_dir", "keep_checkpoints", "logging_steps", "save_total_limit", "device")
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task{with_input}. "
@@ -436,7 +434,7 @@ def _precision(settings: RecoverySettings, on_gpu: bool) -> str:
 
 def _fingerprint(settings: RecoverySettings, run_dir: Path, manifest: Manifest) -> str:
     """What checkpoints belong to: the input run (its creation time) and the training settings."""
-    relevant = settings.model_dump(mode="json", exclude=set(_RESUME_NEUTRAL))
+    relevant = settings.model_dump(mode="json", exclude=set(RECOVERY_NEUTRAL_FIELDS))
     payload = {"settings": relevant, "from_run": str(run_dir.resolve()), "created_at": manifest.created_at}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubprune.recipe import STAGES
+from hubprune.recipe import RECOVERY_NEUTRAL_FIELDS, STAGES
 
 logger = logging.getLogger("hubprune.run")
 
@@ -33,8 +33,8 @@ _DEPENDS = {
     "card": ("source", "prune", "recover", "evaluate", "card"),
     "publish": ("source", "prune", "recover", "evaluate", "card", "publish"),
 }
-# Recovery settings that do not change the trained model.
-_NEUTRAL = {"recover": {"checkpoint_dir", "keep_checkpoints", "logging_steps", "save_total_limit", "device"}}
+# Settings that do not change a section's result.
+_NEUTRAL = {"recover": RECOVERY_NEUTRAL_FIELDS}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
