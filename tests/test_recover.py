@@ -138,11 +138,19 @@ def test_lora_merges_into_plain_weights(tiny_run, text_file, tmp_path, captured)
 
 @pytest.mark.parametrize("choice", ["train", "untie"])
 def test_tied_embeddings_change_only_when_asked(tiny_run, text_file, tmp_path, captured, choice):
-    """`train` changes the shared matrix (still tied); `untie` trains a separate lm_head only."""
+    """`train` changes the shared matrix (still tied); `untie` trains a separate lm_head only.
+
+    (`train` also runs with gradient checkpointing, so that option is exercised too.)
+    """
     out = tmp_path / choice
-    manifest = recover(
-        tiny_run, out, _settings(text_file, mode="partial", max_steps=2, tied_embeddings=choice)
+    settings = _settings(
+        text_file,
+        mode="partial",
+        max_steps=2,
+        tied_embeddings=choice,
+        gradient_checkpointing=choice == "train",
     )
+    manifest = recover(tiny_run, out, settings)
     assert manifest.stages["recover"]["tied_embeddings_choice"] == choice
     reloaded = _check_export(out, captured)
     original = _embeddings(tiny_run)
