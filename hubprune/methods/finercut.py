@@ -250,7 +250,8 @@ class _Engine:
         self.stash: dict[Unit, dict[int, list[torch.Tensor]]] = {}
         self.stash_next: dict[Unit, dict[int, list[torch.Tensor]]] = {}
         self.speculate: set[int] = set()
-        state_bytes = sum(ids.numel() for ids, _ in self.chunks) * model.config.hidden_size * 4
+        itemsize = next(model.parameters()).element_size()
+        state_bytes = sum(ids.numel() for ids, _ in self.chunks) * model.config.hidden_size * itemsize
         self.state_bytes = state_bytes
         self.reuse_budget = reuse_budget_mb * 2**20 if cached else 0
         self.candidate_batch = candidate_batch
@@ -415,7 +416,9 @@ class _Engine:
             for kind, name in (("attn", self.adapter.attention), ("mlp", self.adapter.mlp)):
                 if any(gated[kind]):
                     gate = torch.tensor(
-                        [0.0 if g else 1.0 for g in gated[kind] for _ in range(rows)], dtype=h.dtype
+                        [0.0 if g else 1.0 for g in gated[kind] for _ in range(rows)],
+                        dtype=h.dtype,
+                        device=h.device,
                     )
                     original = self.model.get_submodule(f"{block_name}.{name}")
                     _set(self.model, f"{block_name}.{name}", _RowGate(original, gate.view(-1, 1, 1)))
