@@ -28,6 +28,14 @@ facts, and picks exactly the same sublayers in the same order (tested):
    block boundary when `reuse_budget_mb` allows, else at a few speculated ones (the blocks of
    the previous step's best candidates), and the next step resumes from the deepest one ≤ j*.
 
+Usage: ``hubprune prune SOURCE --method finercut --amount 0.25 [--budget-by params]
+[--format plain|compact] [--method-arg divergence=js] [--method-arg protect_first_blocks=2
+--method-arg protect_steps=4] [--method-arg search=one-shot]``. `--amount` counts sublayers (2L
+of them); with `--budget-by params` sublayers are removed until the parameter fraction is met.
+The official code's `-x r` protection corresponds to protect_first_blocks = int(L·r) + 1 and
+protect_steps = int(2L·r) + 1. The last attention sublayer is never removed (a model without
+attention has no KV cache to generate with).
+
 The dense reference distributions are computed once (N·T·V floats in memory). Forward FLOPs are
 tallied per block, sublayer and `lm_head` from costs measured with torch's FlopCounterMode.
 """
