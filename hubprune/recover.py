@@ -600,7 +600,7 @@ def recover(
     resume_from, saved_state = _resume_point(ckpt_dir, fingerprint)
 
     set_seed(settings.seed)
-    model, tokenizer, adapter, setup = _setup_model(run_dir, settings)
+    model, tokenizer, adapter, setup = _setup_model(run_dir, settings, on_gpu)
     with dist.main_process_first():  # one process downloads and caches the dataset, the others reuse it
         data = prepare_data(tokenizer, settings)
     logger.info(
@@ -647,20 +647,31 @@ def recover(
     return new
 
 
+def checkpoint_dtype(folder: Path) -> torch.dtype:
+    """The dtype a model folder's weights were saved in (its config's `dtype`), fp32 if unsaid."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    value = getattr(torch, str(name), None)
+    return value if isinstance(value, torch.dtype) else torch.float32
+
+
 def _setup_model(
-    run_dir: Path, settings: RecoverySettings
+    run_dir: Path, settings: RecoverySettings, on_gpu: bool
 ) -> tuple[nn.Module, Any, ArchAdapter, dict[str, Any]]:
     """Load the pruned model on the CPU (the Trainer places it) and make only the chosen weights trainable.
 
+    `dtype: auto` loads fp32 to train on the CPU and the checkpoint's dtype to train on a GPU;
+    the export is written in the checkpoint's dtype either way, so recovery never changes it.
     Returns the model (a PeftModel for LoRA), the tokenizer, the adapter and what was set up.
     """
     from hubprune.source import ResolvedSource, load_model
 
-    model, tokenizer = load_model(
-        ResolvedSource(str(run_dir), "local", run_dir), dtype=settings.dtype, device="cpu"
-    )
+    export_dtype = checkpoint_dtype(run_dir)
+    dtype = settings.dtype
+    if dtype == "auto" and on_gpu:
+        dtype = str(export_dtype).removeprefix("torch.")
+    model, tokenizer = load_model(ResolvedSource(str(run_dir), "local", run_dir), dtype=dtype, device="cpu")
     adapter = adapter_for(model)
-    export_dtype = next(model.parameters()).dtype
     max_positions = getattr(model.config, "max_position_embeddings", None)
     if max_positions is not None and settings.seq_len > max_positions:
         raise RecipeError(f"recover.seq_len {settings.seq_len} exceeds the model's {max_positions} positions")
