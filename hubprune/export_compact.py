@@ -90,7 +90,11 @@ def check_compact_supported(config: Any, adapter: ArchAdapter) -> None:
     cannot express: wrong family, sliding-window attention, uneven KV groups, an MLP width that
     does not round-trip through `ffn_mult`."""
     check_compact_family(adapter)
-    if _get(config, "sliding_window") is not None and _get(config, "use_sliding_window", True):
+    layer_types = _get(config, "layer_types") or []
+    sliding = any(t != "full_attention" for t in layer_types) or (
+        _get(config, "sliding_window") is not None and _get(config, "use_sliding_window", True)
+    )
+    if sliding:
         raise UnsupportedArchitectureError(
             "the compact format cannot express sliding-window attention; use --format plain"
         )
@@ -134,6 +138,7 @@ def compact_config(model: nn.Module, adapter: ArchAdapter) -> dict[str, Any]:
         num_hidden_layers=adapter.num_blocks(model),
         block_configs=block_configs(model, adapter),
     )
+    config.update(adapter.extra.get("decilm_config", {}))
     return config
 
 

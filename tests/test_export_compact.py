@@ -159,6 +159,9 @@ def test_unsupported_family_refused(tmp_path, capsys):
     with pytest.raises(UnsupportedArchitectureError, match="cannot express family 'qwen3'"):
         export_compact(model, adapter, None, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    qwen2 = tiny_model("qwen2")  # sliding-window layers
+    with pytest.raises(UnsupportedArchitectureError, match="cannot express sliding-window attention"):
+        export_compact(qwen2, adapter_for(qwen2), None, tmp_path / "out")
     source = save_tiny(tmp_path / "gemma", "gemma2")
     code = cli_main(
         [
@@ -191,3 +194,27 @@ def test_cli_bad_method_arg_and_amount(tmp_path, capsys):
     assert cli_main([*base, "--amount", "8"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "would remove all 8 sublayers" in err
+
+
+@pytest.mark.parametrize("model_type", ["mistral", "qwen2"])
+@torch.no_grad()
+def test_compact_other_families(tmp_path, model_type):
+    """Would catch Mistral or Qwen2 (q/k/v biases, no o_proj bias) written wrong in the schema."""
+    torch.manual_seed(0)
+    config = tiny_config(model_type)
+    config.intermediate_size = 256
+    if model_type == "qwen2":
+        config.use_sliding_window = False
+        config.layer_types = ["full_attention"] * config.num_hidden_layers
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    for p in model.parameters():
+        p.add_(torch.randn_like(p) * 0.02)
+    adapter = adapter_for(model)
+    remove_sublayers(model, adapter, [Unit("attn", 0), Unit("mlp", 1), Unit("mlp", 3)])
+    export_compact(model, adapter, char_tokenizer(), tmp_path / "c")
+    compact = _load(tmp_path / "c", trust_remote_code=True)
+    ids = torch.randint(4, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(compact(ids).logits, model(ids).logits, atol=1e-5)
+    assert sum(p.numel() for p in compact.parameters()) == sum(p.numel() for p in model.parameters())
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert torch.equal(compact.generate(ids, **kwargs), model.generate(ids, use_cache=False, **kwargs))

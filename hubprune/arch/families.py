@@ -11,11 +11,14 @@ _NO_DECILM = "the nemotron-nas (DeciLM) schema describes Llama blocks only; "
 
 # Qwen2/3: blocks at index >= max_window_layers use sliding-window attention when enabled;
 # transformers 5 also writes the expanded `layer_types` list, which is what the model reads.
+# Qwen2's q/k/v have biases and o_proj has none: the DeciLM schema says so with `qkv_bias`.
 QWEN2 = ArchAdapter(
     family="qwen2",
     model_types=("qwen2",),
     window_prefix_config=("max_window_layers",),
-    compact_note=_NO_DECILM + "Qwen2 has q/k/v biases without an o_proj bias and per-layer sliding windows",
+    compact_schema="decilm",
+    compact_note="Qwen2 checkpoints that use sliding-window attention cannot be expressed",
+    extra={"decilm_config": {"attention_bias": False, "qkv_bias": True}},
 )
 
 QWEN3 = ArchAdapter(

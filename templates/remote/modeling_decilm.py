@@ -73,8 +73,14 @@ class DeciLMDecoderLayer(nn.Module):
         if self.has_attention:
             attn_config = copy.deepcopy(config)
             attn_config.num_key_value_heads = config.num_key_value_heads_of(layer_idx)
+            # vLLM's rule: `attention_bias` covers q/k/v/o; `qkv_bias`, when present, overrides q/k/v.
+            o_bias = bool(getattr(config, "attention_bias", False))
+            attn_config.attention_bias = bool(getattr(config, "qkv_bias", o_bias))
             self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
             self.self_attn = LlamaAttention(attn_config, layer_idx)
+            if self.self_attn.o_proj.bias is not None and not o_bias:
+                out = self.self_attn.o_proj
+                self.self_attn.o_proj = nn.Linear(out.in_features, out.out_features, bias=False)
             self.self_attn.config = config  # follow later changes of the attention backend
         if self.has_mlp:
             mlp_config = copy.deepcopy(config)
