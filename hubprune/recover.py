@@ -477,20 +477,25 @@ def _resume_point(ckpt_dir: Path, fingerprint: str) -> tuple[str | None, dict[st
 # -- the stage ------------------------------------------------------------------------------------
 
 
-def _curve(
+def training_curve(
     log_history: list[dict[str, Any]], eval_before: dict[str, float], eval_after: dict[str, float]
 ) -> dict:
     """The training-curve summary for the manifest and the card."""
     losses = [(int(e["step"]), float(e["loss"])) for e in log_history if "loss" in e]
-    evals = [(int(e["step"]), float(e["eval_loss"])) for e in log_history if "eval_loss" in e]
+    evals = [(int(e["step"]), float(e["eval_loss"])) for e in log_history if "eval_loss" in e and e["step"]]
+    if "eval_loss" in eval_before:  # the evaluation before training (step 0) is not in a fresh log
+        evals.insert(0, (0, float(eval_before["eval_loss"])))
+    summary = {
+        "train_loss_first": losses[0][1] if losses else None,
+        "train_loss_last": losses[-1][1] if losses else None,
+        "train_loss_min": min(loss for _, loss in losses) if losses else None,
+    }
     if len(losses) > 60:  # keep the manifest readable: at most ~60 points, always the last
         stride = math.ceil(len(losses) / 60)
         losses = losses[::stride] + ([losses[-1]] if (len(losses) - 1) % stride else [])
     before, after = eval_before.get("eval_loss"), eval_after.get("eval_loss")
     return {
-        "train_loss_first": losses[0][1] if losses else None,
-        "train_loss_last": losses[-1][1] if losses else None,
-        "train_loss_min": min(loss for _, loss in losses) if losses else None,
+        **summary,
         "eval_loss_before": before,
         "eval_loss_after": after,
         "eval_perplexity_before": math.exp(before) if before is not None and before < 700 else None,
@@ -626,7 +631,7 @@ def recover(
         return Manifest.load(out_dir) if (out_dir / "hubprune.json").is_file() else manifest
     model, export = _export(trained_model, tokenizer, out_dir, run_dir, settings, setup["export_dtype"])
     record = _record(settings, run_dir, setup, data, trainer, result, precision, train_s)
-    record["curve"] = curve = _curve(trainer.state.log_history, eval_before, eval_after)
+    record["curve"] = curve = training_curve(trainer.state.log_history, eval_before, eval_after)
     record.update(
         eval_loss_before=_rounded(curve["eval_loss_before"], 4),
         eval_loss_after=_rounded(curve["eval_loss_after"], 4),

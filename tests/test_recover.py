@@ -24,7 +24,7 @@ from hubprune.errors import DataError, RecipeError
 from hubprune.methods import Budget
 from hubprune.pipeline import SourceOptions, prune
 from hubprune.plan import Manifest
-from hubprune.recover import prepare_data, recover, recovery_settings
+from hubprune.recover import prepare_data, recover, recovery_settings, training_curve
 from tests.tiny import SAMPLE_TEXT, char_tokenizer, save_tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,6 +221,15 @@ def test_instruction_rows_use_the_chat_template_and_mask_the_prompt(tmp_path):
     )
     assert answer.startswith("ok ") and answer.endswith("</s>") and "assistant" not in answer
     assert prepared.info["train_examples"] + prepared.info["eval_examples"] == 10
+
+
+def test_training_curve_summary_is_short_and_keeps_the_ends():
+    history = [{"step": s, "loss": 10.0 - s / 100} for s in range(1, 201)] + [{"step": 200, "eval_loss": 7.5}]
+    curve = training_curve(history, {"eval_loss": 9.0}, {"eval_loss": 7.5})
+    assert len(curve["train_loss"]) <= 61 and curve["train_loss"][-1] == [200, 8.0]
+    assert curve["train_loss_min"] == 8.0 and curve["train_loss_first"] == 9.99
+    assert curve["eval_loss"] == [[0, 9.0], [200, 7.5]]
+    assert curve["eval_perplexity_before"] == pytest.approx(8103.08, rel=1e-4)
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not installed")
