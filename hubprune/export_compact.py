@@ -7,7 +7,8 @@ configuration and modeling files in `templates/remote/`, copied into the folder 
 `auto_map` (`trust_remote_code=True`); NVIDIA's own copy does not run on transformers 5.
 
 Only families whose blocks are Llama blocks can be written this way (adapter field
-`compact_schema == "decilm"`); others are refused with the adapter's reason. The MLP width
+`compact_schema == "decilm"`: Llama, Mistral, and Qwen2 through vLLM's `qkv_bias` key, all
+without sliding windows); others are refused with the adapter's reason. The MLP width
 must round-trip through DeciLM's `ffn_mult` rule (int(2·mult·hidden/3) rounded up to a multiple
 of 256, vLLM `nemotron_nas.py`), or the export is refused rather than written wrong.
 
