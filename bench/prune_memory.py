@@ -34,16 +34,36 @@ def child(mode: str, args: argparse.Namespace) -> None:
         from hubprune.cli import main
 
         with tempfile.TemporaryDirectory() as tmp:
-            argv = ["prune", args.source, "--method", args.method, "--amount", args.amount, "--out", f"{tmp}/out"]
-            argv += ["--calibration", args.calibration, "--samples", str(args.samples), "--seq-len", str(args.seq_len)]
+            argv = [
+                "prune",
+                args.source,
+                "--method",
+                args.method,
+                "--amount",
+                args.amount,
+                "--out",
+                f"{tmp}/out",
+            ]
+            argv += [
+                "--calibration",
+                args.calibration,
+                "--samples",
+                str(args.samples),
+                "--seq-len",
+                str(args.seq_len),
+            ]
             if main(argv) != 0:
                 raise SystemExit("prune failed")
-    print(json.dumps({"mode": mode, "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        json.dumps({"mode": mode, "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    )
 
 
 def measure(mode: str, argv: list[str]) -> float:
     result = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", mode, *argv], capture_output=True, text=True
+        [sys.executable, str(Path(__file__).resolve()), "--child", mode, *argv],
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         sys.exit(result.stderr[-2000:])
@@ -67,7 +87,9 @@ def main() -> None:
     measure("load", forwarded)  # warm the conversion cache so neither run pays for it
     load_mib = measure("load", forwarded)
     prune_mib = measure("prune", forwarded)
-    print(f"source: {args.source}  method: {args.method}  amount: {args.amount}  calibration: {args.samples}x{args.seq_len}")
+    print(
+        f"source: {args.source}  method: {args.method}  amount: {args.amount}  calibration: {args.samples}x{args.seq_len}"
+    )
     print(f"peak RSS, load only : {load_mib:8.1f} MiB")
     print(f"peak RSS, prune     : {prune_mib:8.1f} MiB")
     print(f"ratio prune / load  : {prune_mib / load_mib:8.2f}  (target <= 1.3)")

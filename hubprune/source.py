@@ -117,7 +117,9 @@ def load_model(
     model_type = json.loads((source.local_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
     adapter_for(str(model_type))
     if not allow_pickle and not any(source.local_dir.glob("*.safetensors")):
-        raise SourceError(f"{source.spec} has no safetensors weights (pickled .bin weights load only with --allow-pickle)")
+        raise SourceError(
+            f"{source.spec} has no safetensors weights (pickled .bin weights load only with --allow-pickle)"
+        )
     model = AutoModelForCausalLM.from_pretrained(
         source.local_dir,
         dtype=resolve_dtype(dtype, device),

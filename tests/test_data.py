@@ -77,7 +77,9 @@ def test_missing_column_and_too_long_sequence(tmp_path, tokenizer):
         load_texts(str(tmp_path / "a.jsonl"))
     (tmp_path / "t.txt").write_text(SAMPLE_TEXT)
     with pytest.raises(DataError, match="longer than the model allows"):
-        build_calibration(tokenizer, load_texts(str(tmp_path / "t.txt")), samples=1, seq_len=512, seed=0, max_positions=256)
+        build_calibration(
+            tokenizer, load_texts(str(tmp_path / "t.txt")), samples=1, seq_len=512, seed=0, max_positions=256
+        )
 
 
 def test_offline_texts_are_real_text():

@@ -25,7 +25,10 @@ def tiny_repo(hub_server, tmp_path):
 def test_prune_from_the_hub_records_the_commit(tiny_repo, tmp_path, capsys):
     repo_id, sha = tiny_repo
     out = tmp_path / "out"
-    assert main(["prune", f"{repo_id}@main", "--method", "reverse-order", "--amount", "1", "--out", str(out)]) == 0
+    assert (
+        main(["prune", f"{repo_id}@main", "--method", "reverse-order", "--amount", "1", "--out", str(out)])
+        == 0
+    )
     manifest = Manifest.load(out)
     assert manifest.source["base_model"] == repo_id and manifest.source["revision"] == "main"
     assert manifest.source["sha"] == sha and manifest.source["kind"] == "hub"

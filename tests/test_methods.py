@@ -24,7 +24,14 @@ def calibration(tmp_path_factory):
 
 def run(method, model, budget, calibration, seed=0) -> Plan:
     spec = get_method(method)
-    ctx = MethodContext(model, adapter_for(model), budget, calibration if spec.needs_calibration else None, seed=seed, batch_size=4)
+    ctx = MethodContext(
+        model,
+        adapter_for(model),
+        budget,
+        calibration if spec.needs_calibration else None,
+        seed=seed,
+        batch_size=4,
+    )
     return spec.plan_fn(ctx, spec.make_params())
 
 
@@ -53,7 +60,9 @@ def test_block_influence_matches_a_direct_computation(calibration):
     states = list(out.hidden_states[:-1])
     blocks = adapter_for(model).blocks(model)
     captured = []
-    hook = blocks[-1].register_forward_hook(lambda _m, _a, o: captured.append(o[0] if isinstance(o, tuple) else o))
+    hook = blocks[-1].register_forward_hook(
+        lambda _m, _a, o: captured.append(o[0] if isinstance(o, tuple) else o)
+    )
     with torch.no_grad():
         model(calibration.input_ids, use_cache=False)
     hook.remove()
@@ -84,7 +93,9 @@ def test_parameter_budget_removes_enough_parameters():
     reached = plan.budget["reached"]
     per_block = block_params(model, adapter_for(model))[0]
     assert reached["params_fraction"] >= 0.3
-    assert reached["params_removed"] - per_block < 0.3 * unique_params([model]), "removed more blocks than needed"
+    assert reached["params_removed"] - per_block < 0.3 * unique_params([model]), (
+        "removed more blocks than needed"
+    )
 
 
 @pytest.mark.parametrize(

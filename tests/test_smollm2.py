@@ -74,7 +74,9 @@ def test_block_influence_beats_reverse_order_and_export_matches(loaded, held_out
     ids = held_out[0][0][:2, :64]
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
-    chat = loaded.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, return_tensors="pt")
+    chat = loaded.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, return_tensors="pt"
+    )
     chat = chat["input_ids"] if not torch.is_tensor(chat) else chat
     generated = reloaded.generate(chat, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     assert generated.shape[1] == chat.shape[1] + 8

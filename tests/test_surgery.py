@@ -21,7 +21,9 @@ def reference_logits_skipping(model, adapter, removed):
     an independent reference that shares no code with surgery."""
     blocks = adapter.blocks(model)
     hooks = [
-        blocks[i].register_forward_hook(lambda _m, args, kwargs, _out: args[0] if args else kwargs["hidden_states"], with_kwargs=True)
+        blocks[i].register_forward_hook(
+            lambda _m, args, kwargs, _out: args[0] if args else kwargs["hidden_states"], with_kwargs=True
+        )
         for i in removed
     ]
     try:
@@ -69,7 +71,9 @@ def test_remove_blocks_export_reload_generate(model_type, tmp_path):
 
     prompt = INPUT[:1, :6]
     with_cache = reloaded.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=True, pad_token_id=0)
-    without_cache = reloaded.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=False, pad_token_id=0)
+    without_cache = reloaded.generate(
+        prompt, max_new_tokens=12, do_sample=False, use_cache=False, pad_token_id=0
+    )
     assert with_cache.shape[1] == 18
     assert torch.equal(with_cache, without_cache), "KV-cache decoding disagrees with full recomputation"
 
