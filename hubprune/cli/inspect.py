@@ -39,9 +39,15 @@ def run(args: argparse.Namespace) -> None:
     from hubprune.pipeline import load, score
 
     budget = options.budget(args)
+    method_params = options.method_params(args)  # bad --method-arg values fail before loading
     loaded = load(options.source_options(args))
     plan = score(
-        loaded, args.method, budget, calibration=options.calibration_options(args), batch_size=args.batch_size
+        loaded,
+        args.method,
+        budget,
+        calibration=options.calibration_options(args),
+        method_params=method_params,
+        batch_size=args.batch_size,
     )
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
