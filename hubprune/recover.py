@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import tempfile
@@ -630,7 +631,10 @@ def recover(
         trainer.accelerator.wait_for_everyone()
         return Manifest.load(out_dir) if (out_dir / "hubprune.json").is_file() else manifest
     model, export = _export(trained_model, tokenizer, out_dir, run_dir, settings, setup["export_dtype"])
-    record = _record(settings, run_dir, setup, data, trainer, result, precision, train_s)
+    # Relative to the new folder: the manifest is published, and an absolute path would reveal the
+    # machine's layout; `hubprune eval` resolves it against the run folder.
+    from_run = Path(os.path.relpath(run_dir.resolve(), out_dir.resolve()))
+    record = _record(settings, from_run, setup, data, trainer, result, precision, train_s)
     record["curve"] = curve = training_curve(trainer.state.log_history, eval_before, eval_after)
     record.update(
         eval_loss_before=_rounded(curve["eval_loss_before"], 4),
@@ -754,7 +758,7 @@ def _export(
 
 def _record(
     settings: RecoverySettings,
-    run_dir: Path,
+    from_run: Path,
     setup: dict[str, Any],
     data: TrainingData,
     trainer: Any,
@@ -765,7 +769,7 @@ def _record(
     """`stages["recover"]`: flat scalars first (the card's settings table), then the detailed records."""
     record: dict[str, Any] = {
         "mode": settings.mode,
-        "from_run": str(run_dir),
+        "from_run": str(from_run),
         "data": settings.data,
         "data_kind": data.info["kind"],
         "data_format": data.info["format"],

@@ -1,7 +1,7 @@
 """A loopback fake of the Hugging Face Hub HTTP API, for tests that drive the real `huggingface_hub` client.
 
 It speaks the routes that huggingface_hub 2.x uses to create a repo, upload a folder through the LFS path
-(``HF_HUB_DISABLE_XET=1``), open a PR, create a branch and download files (see ``/work/shared/HUB-API.md``).
+(``HF_HUB_DISABLE_XET=1``), open a PR, create a branch and download files (see HUB-API.md in the shared design notes).
 Everything lives in memory: repos with branches, PR refs and commits, and an LFS object store.
 
     server = HubServer(token="hf_test_token").start()

@@ -109,7 +109,8 @@ def test_partial_lowers_loss_exports_plain_and_keeps_tied_embeddings(tiny_run, t
     manifest = recover(tiny_run, out, _settings(text_file, mode="partial", last_k=2))
     record = manifest.stages["recover"]
     assert record["eval_loss_after"] < record["eval_loss_before"]
-    assert record["from_run"] == str(tiny_run)
+    assert not Path(record["from_run"]).is_absolute(), "an absolute local path would be published"
+    assert (out / record["from_run"]).resolve() == Path(tiny_run).resolve()
     assert record["trained_modules"] == ["model.layers.1", "model.layers.2", "model.norm"]
     assert record["tied_embeddings_choice"] == "freeze" and "unchanged" in record["tied_embeddings"]
     assert record["curve"]["train_loss"] and record["steps"] == 8
