@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,42 @@ def copy_license_files(source_dir: Path, out_dir: Path) -> list[str]:
     return copied
 
 
+@contextmanager
+def staged_folder(out_dir: str | Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir` in one rename,
+    on failure it is removed, so a half-written model never sits where a finished one is expected."""
+    out = prepare_out_dir(out_dir, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is meant to be shared
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_companions(
+    folder: Path, tokenizer: Any, source_dir: Path | None, extra_files: dict[str, str] | None
+) -> list[str]:
+    """Tokenizer files, the base model's license files and any extra text files; returns the
+    license files copied."""
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    licenses = copy_license_files(source_dir, folder) if source_dir is not None else []
+    for name, text in (extra_files or {}).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text, encoding="utf-8")
+    return licenses
+
+
+def folder_files(folder: Path) -> list[str]:
+    """Every file below `folder`, as sorted POSIX paths relative to it."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
 def export_plain(
     model: nn.Module,
     tokenizer: Any,
@@ -76,23 +114,10 @@ def export_plain(
 ) -> dict[str, Any]:
     """Save weights (safetensors, sharded at `max_shard_size`), config, generation config,
     tokenizer files and the base model's license files; returns a record for the manifest."""
-    out = prepare_out_dir(out_dir, overwrite)
+    prepare_out_dir(out_dir, overwrite)
     check_consistent(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is meant to be shared
-    try:
+    with staged_folder(out_dir, overwrite) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        licenses = copy_license_files(source_dir, tmp) if source_dir is not None else []
-        for name, text in (extra_files or {}).items():
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / name).write_text(text, encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+        licenses = write_companions(tmp, tokenizer, source_dir, extra_files)
+    files = folder_files(Path(out_dir))
     return {"format": "plain", "max_shard_size": max_shard_size, "files": files, "license_files": licenses}

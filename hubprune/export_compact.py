@@ -21,9 +21,7 @@ built from the written config, so names and shapes are checked against the remot
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,13 @@ from torch import nn
 
 from hubprune.arch import ArchAdapter
 from hubprune.errors import ExportError, UnsupportedArchitectureError
-from hubprune.export import DEFAULT_MAX_SHARD_SIZE, copy_license_files, prepare_out_dir
+from hubprune.export import (
+    DEFAULT_MAX_SHARD_SIZE,
+    folder_files,
+    prepare_out_dir,
+    staged_folder,
+    write_companions,
+)
 from hubprune.sublayers import is_removed
 
 REMOTE_DIR = Path(__file__).resolve().parents[1] / "templates" / "remote"
@@ -189,12 +193,9 @@ def export_compact(
     """Write `model` (sublayers removed in memory, see :mod:`hubprune.sublayers`) as a nemotron-nas
     checkpoint with our remote code; returns the manifest's export record."""
     check_compact_supported(model.config, adapter)
-    out = prepare_out_dir(out_dir, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)
+    prepare_out_dir(out_dir, overwrite)
     config = compact_config(model, adapter)
-    try:
+    with staged_folder(out_dir, overwrite) as tmp:
         (tmp / "config.json").write_text(
             json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
@@ -211,18 +212,8 @@ def export_compact(
         generation_config = getattr(model, "generation_config", None)
         if generation_config is not None:
             generation_config.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        licenses = copy_license_files(source_dir, tmp) if source_dir is not None else []
-        for name, text in (extra_files or {}).items():
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / name).write_text(text, encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+        licenses = write_companions(tmp, tokenizer, source_dir, extra_files)
+    files = folder_files(Path(out_dir))
     blocks = config["block_configs"]
     return {
         "format": "compact",
