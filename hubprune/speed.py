@@ -10,6 +10,7 @@ without its sampling and stopping logic, so an end-of-sequence token cannot cut 
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
 import statistics
@@ -48,19 +49,21 @@ def _sync(device: torch.device) -> None:
 def _one_run(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
     """Seconds for the prefill and for `new_tokens` cached decode steps."""
     device = prompt.device
+    # transformers renamed the cache argument and output `past_key_values` to `cache` during 5.x.
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     _sync(device)
     start = time.perf_counter()
     out = model(input_ids=prompt, use_cache=True)
     _sync(device)
     prefill = time.perf_counter() - start
-    cache = out.past_key_values
+    cache = out.get(cache_arg)
     token = out.logits[:, -1:].argmax(-1)
     mask = torch.ones(prompt.shape[0], prompt.shape[1] + new_tokens, dtype=torch.long, device=device)
     start = time.perf_counter()
     for step in range(new_tokens):
         length = prompt.shape[1] + step + 1
-        out = model(input_ids=token, past_key_values=cache, attention_mask=mask[:, :length], use_cache=True)
-        cache = out.past_key_values
+        out = model(input_ids=token, attention_mask=mask[:, :length], use_cache=True, **{cache_arg: cache})
+        cache = out.get(cache_arg)
         token = out.logits[:, -1:].argmax(-1)
     _sync(device)
     return prefill, time.perf_counter() - start

@@ -91,7 +91,7 @@ class SkippedAttention(nn.Module):
         self.layer_idx = layer_idx
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # renamed during transformers 5.x
         if cache is not None and self.layer_idx is not None:
             release_cache_slot(cache, self.layer_idx)
         return torch.zeros_like(hidden_states), None

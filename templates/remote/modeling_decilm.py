@@ -12,6 +12,7 @@ cache helpers skip when they look for the sequence length or the mask sizes.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 import torch
@@ -29,6 +30,27 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from .configuration_decilm import DeciLMConfig
+
+
+def _cache_arg_of(fn: Any) -> str:
+    """The name `fn` takes the KV cache by: transformers renamed `past_key_values` to `cache`
+    during 5.x, and this file runs on either side of the rename."""
+    return "cache" if "cache" in inspect.signature(fn).parameters else "past_key_values"
+
+
+_ATTENTION_CACHE_ARG = _cache_arg_of(LlamaAttention.forward)
+_MASK_CACHE_ARG = _cache_arg_of(create_causal_mask)
+
+
+def _pop_cache(past_key_values: Cache | None, kwargs: dict[str, Any]) -> Cache | None:
+    """The cache, whichever name the caller (or `generate()`) used for it."""
+    cache = kwargs.pop("cache", None)
+    return cache if cache is not None else past_key_values
+
+
+def _output_cache(outputs: Any) -> Cache | None:
+    cache = outputs.get("cache") if hasattr(outputs, "get") else None
+    return cache if cache is not None else outputs.get("past_key_values")
 
 
 class _NoAttentionSlot(DummyLayer):
@@ -98,20 +120,21 @@ class DeciLMDecoderLayer(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
+        cache = _pop_cache(past_key_values, kwargs)
         if self.has_attention:
             residual = hidden_states
             hidden_states, _ = self.self_attn(
                 hidden_states=self.input_layernorm(hidden_states),
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
                 position_embeddings=position_embeddings,
+                **{_ATTENTION_CACHE_ARG: cache},
                 **kwargs,
             )
             hidden_states = residual + hidden_states
         else:
-            _release_slot(past_key_values, self.layer_idx)
+            _release_slot(cache, self.layer_idx)
         if self.has_mlp:
             residual = hidden_states
             hidden_states = residual + self.mlp(self.post_attention_layernorm(hidden_states))
@@ -124,7 +147,7 @@ class DeciLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = False
     _no_split_modules = ["DeciLMDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -156,19 +179,20 @@ class DeciLMModel(DeciLMPreTrainedModel):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
+        cache = _pop_cache(past_key_values, kwargs)
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if position_ids is None:
-            past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past_seen = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen
             position_ids = position_ids.unsqueeze(0)
         causal_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             position_ids=position_ids,
+            **{_MASK_CACHE_ARG: cache},
         )
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
@@ -178,12 +202,12 @@ class DeciLMModel(DeciLMPreTrainedModel):
                 attention_mask=causal_mask,
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                past_key_values=cache,
                 use_cache=use_cache,
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=cache)
 
 
 class DeciLMForCausalLM(DeciLMPreTrainedModel, GenerationMixin):
@@ -212,7 +236,7 @@ class DeciLMForCausalLM(DeciLMPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            past_key_values=_pop_cache(past_key_values, kwargs),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -225,7 +249,7 @@ class DeciLMForCausalLM(DeciLMPreTrainedModel, GenerationMixin):
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=_output_cache(outputs))
 
 
 __all__ = ["DeciLMForCausalLM", "DeciLMModel", "DeciLMPreTrainedModel"]
