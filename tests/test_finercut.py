@@ -91,6 +91,33 @@ def test_cached_search_equals_naive(family, reuse_mb):
     assert naive.stats["full_forward_calls"] > cached.stats["full_forward_calls"]
 
 
+def test_cached_engine_runs_only_what_a_removal_changed():
+    """Would catch a cached engine that drops still-valid states (more block runs than needed).
+
+    With memory for every boundary, candidate c in block j at step t starts at
+    max(j, j*_{t-1}) (j*: the block of the previous removal), and the base states after a
+    removal come from the chosen candidate's own kept states: after the first pass entering every
+    block, nothing else is run."""
+    model = tiny_model("llama", num_layers=6)
+    adapter = adapter_for(model)
+    batch = _calibration()
+    result = finercut_search(
+        model,
+        adapter,
+        batch,
+        FinerCutParams(engine="cached", reuse_budget_mb=1024),
+        lambda removed: len(removed) >= 5,
+        batch_size=2,
+        progress=False,
+    )
+    chunks, blocks = 2, 6
+    expected = blocks - 1  # the first pass: the states entering blocks 1..5
+    for step, scores in enumerate(result.step_scores):
+        previous = result.order[step - 1].block if step else 0
+        expected += sum(blocks - max(unit.block, previous) for unit in scores)
+    assert result.stats["block_evaluations"] == chunks * expected
+
+
 def test_flop_tally_matches_flop_counter():
     """Would catch per-sublayer costs that do not add up to a measured forward pass."""
     from torch.utils.flop_counter import FlopCounterMode

@@ -16,17 +16,22 @@ Divergences (`divergence=`), per token, p = dense, q = pruned:
 * ``angular``: arccos(cos(z_p, z_q))/π between the logit vectors z.
 * ``perplexity``: the pruned model's calibration perplexity, exp(mean NLL) (no dense reference).
 
-Cost. The naive search (what the official code does) runs every candidate from the embeddings:
-Σ_{t<k}(2L − t) full forward passes to remove k sublayers. The cached engine (default) uses two
+Cost. The naive engine is the official code's algorithm: every candidate is a full forward pass
+from the embeddings, with the removed sublayers' outputs zeroed (masked, as `llm_dissect` does,
+so they are still computed): Σ_{t<k}(2L − t) full passes to remove k sublayers. Its stats also
+give what the same passes would cost if removed sublayers were skipped instead
+(`forward_flops_if_skipping`), the stronger baseline. The cached engine (default) uses two
 facts, and picks exactly the same sublayers in the same order (tested):
 
 1. A candidate in block j changes nothing before block j: it starts from the hidden states
    entering block j of the current pruned model (kept for every block, refreshed after each
-   step only from the chosen block on).
+   step only from the chosen block on, and taken from the chosen candidate's own kept states
+   where there are some).
 2. Across steps: once c* (in block j*) is chosen, a candidate c in block j < j* sees the same
-   states up to block j* as in the previous step. Each candidate's states are kept at every
-   block boundary when `reuse_budget_mb` allows, else at a few speculated ones (the blocks of
-   the previous step's best candidates), and the next step resumes from the deepest one ≤ j*.
+   states up to block j* as before. Each candidate's states are kept at every block boundary
+   when `reuse_budget_mb` allows, else at a few speculated ones (the blocks of the previous
+   step's best candidates); a kept state stays valid until a removal at or before its block,
+   and the next step resumes from the deepest one ≤ j*.
 
 Usage: ``hubprune prune SOURCE --method finercut --amount 0.25 [--budget-by params]
 [--format plain|compact] [--method-arg divergence=js] [--method-arg protect_first_blocks=2
@@ -45,6 +50,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -84,7 +90,8 @@ class FinerCutParams:
     )
     search: str = field(default="greedy", metadata={"help": "greedy (iterative) or one-shot"})
     engine: str = field(
-        default="cached", metadata={"help": "cached (fast, same result) or naive (official-style)"}
+        default="cached",
+        metadata={"help": "cached (fast, same result) or naive (the official code: full masked passes)"},
     )
     protect_first_blocks: int = field(
         default=0, metadata={"help": "blocks at the front that are not candidates at first"}
@@ -249,6 +256,7 @@ class _Engine:
         self.lm_head = model.get_submodule(adapter.lm_head)
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.flops = 0.0
+        self.flops_if_skipping = 0.0
         self.forward_calls = 0
         self.block_evals = 0
         self._capture_dense()
@@ -326,15 +334,30 @@ class _Engine:
             logits = logits * self.softcap
         return logits
 
-    def _tally(self, rows: int, start: int, removed: set[Unit], *, head: bool = True) -> None:
-        for b in range(start, self.num_blocks):
-            if Unit("attn", b) not in removed:
-                self.flops += rows * self.attn_cost[b]
-            if Unit("mlp", b) not in removed:
-                self.flops += rows * self.mlp_cost[b]
+    def _tally(
+        self,
+        rows: int,
+        start: int,
+        removed: set[Unit],
+        *,
+        head: bool = True,
+        masked: bool = False,
+        last: int | None = None,
+    ) -> None:
+        """Count blocks `start`..`last`-1 (default: to the end) and the head for `rows` rows;
+        `masked`: removed sublayers ran (their outputs zeroed), so they count in `flops` but not
+        in `flops_if_skipping`."""
+        for b in range(start, self.num_blocks if last is None else last):
+            for kind, cost in (("attn", self.attn_cost[b]), ("mlp", self.mlp_cost[b])):
+                if Unit(kind, b) not in removed:
+                    self.flops += rows * cost
+                    self.flops_if_skipping += rows * cost
+                elif masked:
+                    self.flops += rows * cost
             self.block_evals += 1
         if head:
             self.flops += rows * self.head_cost
+            self.flops_if_skipping += rows * self.head_cost
 
     def _run_blocks(
         self, chunk: int, start: int, h: torch.Tensor, wanted: set[int], stored: dict[int, torch.Tensor]
@@ -347,36 +370,45 @@ class _Engine:
         return h
 
     @torch.no_grad()
-    def _refresh_base(self, start: int) -> None:
+    def _refresh_base(self, start: int, known: dict[int, list[torch.Tensor]] | None = None) -> None:
         """Hidden states entering every block of the current pruned model, recomputed from `start`
-        (states before the block of the latest removal cannot have changed)."""
+        (states before the block of the latest removal cannot have changed). `known`: states of
+        the current model already computed (the chosen candidate's kept ones), by block, per chunk."""
+        known = known or {}
         with sublayers_skipped(self.model, self.adapter, self.removed):
             for c in range(len(self.chunks)):
+                rows = self.chunks[c][0].shape[0]
                 fresh = len(self.base) <= c
                 begin = 0 if fresh else start
                 states = [self.h0[c]] if fresh else self.base[c][: begin + 1]
                 h = states[-1]
-                for b in range(begin, self.num_blocks):
-                    h = _first_tensor(self.blocks[b](h, **self.kwargs[c][b]))
+                for b in range(begin + 1, self.num_blocks):  # the state after the last block is unused
+                    if b in known:
+                        h = known[b][c]
+                    else:
+                        h = _first_tensor(self.blocks[b - 1](h, **self.kwargs[c][b - 1]))
+                        self._tally(rows, b - 1, set(self.removed), head=False, last=b)
                     states.append(h)
                 if fresh:
                     self.base.append(states)
                 else:
                     self.base[c] = states
-                self._tally(self.chunks[c][0].shape[0], begin, set(self.removed), head=False)
 
     @torch.no_grad()
     def evaluate(self, unit: Unit, last_choice: Unit | None) -> float:
         """The objective of removing `unit` on top of the current removals."""
         removal = set(self.removed) | {unit}
         objective = _Objective(self.divergence)
-        with sublayers_skipped(self.model, self.adapter, [*self.removed, unit]):
+        # The official code masks removed sublayers (computed, output zeroed); the cached engine
+        # skips them. h + 0 is h, so both give the same states.
+        hide = _outputs_zeroed if not self.cached else sublayers_skipped
+        with hide(self.model, self.adapter, [*self.removed, unit]):
             for c, (ids, mask) in enumerate(self.chunks):
                 rows = ids.shape[0]
                 if not self.cached:
                     logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
                     self.forward_calls += 1
-                    self._tally(rows, 0, removal)
+                    self._tally(rows, 0, removal, masked=True)
                 else:
                     start, h = self._resume(unit, last_choice, c)
                     wanted = {k for k in self.speculate if k > start}
@@ -463,18 +495,24 @@ class _Engine:
         return start, self.stash[unit][start][chunk]
 
     def begin_step(self, ranking: list[Unit], num_candidates: int) -> None:
-        """Choose the boundaries to stash this step (the blocks of last step's best candidates)."""
-        self.stash, self.stash_next = self.stash_next, {}
+        """Choose the boundaries to stash this step (the blocks of last step's best candidates).
+
+        Each candidate keeps states at most at the chosen boundaries (older kept states at other
+        boundaries are dropped), so the stash stays within `reuse_budget_mb`."""
+        self.speculate = self._boundaries(ranking, num_candidates)
+        if self.speculate != set(range(1, self.num_blocks)):
+            self.stash = {
+                u: {k: v for k, v in kept.items() if k in self.speculate} for u, kept in self.stash.items()
+            }
+
+    def _boundaries(self, ranking: list[Unit], num_candidates: int) -> set[int]:
         if not self.cached or self.reuse_budget == 0 or num_candidates == 0:
-            self.speculate = set()
-            return
+            return set()
         slots = int(self.reuse_budget // (num_candidates * self.state_bytes))
         if slots <= 0:
-            self.speculate = set()
-            return
+            return set()
         if slots >= self.num_blocks:  # memory for every boundary: no need to guess
-            self.speculate = set(range(1, self.num_blocks))
-            return
+            return set(range(1, self.num_blocks))
         blocks: list[int] = []
         if ranking:
             for unit in ranking:
@@ -484,13 +522,22 @@ class _Engine:
                     break
         else:  # first step: an even grid over the deeper blocks
             blocks = [self.num_blocks * (i + 1) // (slots + 1) for i in range(slots)]
-        self.speculate = set(blocks)
+        return set(blocks)
 
     def commit(self, unit: Unit) -> None:
-        """Record the removal of `unit` and refresh the base states from its block on."""
+        """Record the removal of `unit`, refresh the base states from its block on (from its own
+        kept states where there are some) and drop kept states that the removal makes stale."""
         self.removed.append(unit)
+        kept = {
+            u: {**self.stash.get(u, {}), **self.stash_next.get(u, {})}
+            for u in {*self.stash, *self.stash_next}
+        }
+        chosen = kept.pop(unit, {})
+        # A state entering block k does not depend on a removal in block j* >= k.
+        self.stash = {u: {k: v for k, v in states.items() if k <= unit.block} for u, states in kept.items()}
+        self.stash_next = {}
         if self.cached:
-            self._refresh_base(unit.block)
+            self._refresh_base(unit.block, chosen)
 
 
 class _RowGate(nn.Module):
@@ -506,6 +553,30 @@ class _RowGate(nn.Module):
         if isinstance(out, tuple):
             return (out[0] * self.gate, *out[1:])
         return out * self.gate
+
+
+@contextmanager
+def _outputs_zeroed(model: nn.Module, adapter: ArchAdapter, units: list[Unit]) -> Iterator[None]:
+    """Run `model` with the outputs of `units` multiplied by zero (the official code's masking:
+    the sublayers still run); the original modules are put back afterwards."""
+    from hubprune.sublayers import _set
+
+    swapped = []
+    try:
+        for unit in units:
+            name = (
+                f"{adapter.layers}.{unit.block}.{adapter.attention if unit.kind == 'attn' else adapter.mlp}"
+            )
+            original = model.get_submodule(name)
+            zero = torch.zeros(
+                (), dtype=next(model.parameters()).dtype, device=next(model.parameters()).device
+            )
+            _set(model, name, _RowGate(original, zero))
+            swapped.append((name, original))
+        yield
+    finally:
+        for name, original in reversed(swapped):
+            _set(model, name, original)
 
 
 def _expand_rows(value: Any, rows: int, times: int) -> Any:
@@ -615,6 +686,7 @@ def finercut_search(
         "engine": params.engine,
         "wall_s": time.perf_counter() - start_time,
         "forward_flops": engine.flops,
+        "forward_flops_if_skipping": engine.flops_if_skipping,
         "full_forward_calls": engine.forward_calls,
         "block_evaluations": engine.block_evals,
         "flops_per_row": {
