@@ -161,9 +161,7 @@ def quality_mode(args: argparse.Namespace) -> dict:
     del pruned
 
     start = time.perf_counter()
-    ctx = MethodContext(
-        model, adapter, Budget(fraction, "params"), batch, batch_size=args.batch_size
-    )
+    ctx = MethodContext(model, adapter, Budget(fraction, "params"), batch, batch_size=args.batch_size)
     fc_plan = plan_finercut(ctx, FinerCutParams(divergence=args.divergence))
     reached = fc_plan.budget["reached"]
     pruned, _ = load_model()
