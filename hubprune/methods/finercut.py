@@ -561,16 +561,14 @@ def _outputs_zeroed(model: nn.Module, adapter: ArchAdapter, units: list[Unit]) -
     the sublayers still run); the original modules are put back afterwards."""
     from hubprune.sublayers import _set
 
+    weight = next(model.parameters())
+    zero = torch.zeros((), dtype=weight.dtype, device=weight.device)
     swapped = []
     try:
         for unit in units:
-            name = (
-                f"{adapter.layers}.{unit.block}.{adapter.attention if unit.kind == 'attn' else adapter.mlp}"
-            )
+            sublayer = adapter.attention if unit.kind == "attn" else adapter.mlp
+            name = f"{adapter.layers}.{unit.block}.{sublayer}"
             original = model.get_submodule(name)
-            zero = torch.zeros(
-                (), dtype=next(model.parameters()).dtype, device=next(model.parameters()).device
-            )
             _set(model, name, _RowGate(original, zero))
             swapped.append((name, original))
         yield
