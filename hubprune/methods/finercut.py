@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -66,7 +66,7 @@ from hubprune.methods.budget import Budget
 from hubprune.methods.registry import MethodContext, MethodSpec, register_method
 from hubprune.plan import Plan, Unit
 from hubprune.size import unique_params
-from hubprune.sublayers import sublayers_skipped
+from hubprune.sublayers import _set, sublayers_skipped
 
 DIVERGENCES = ("js-official", "js", "kl", "angular", "perplexity")
 SEARCHES = ("greedy", "one-shot")
@@ -442,9 +442,6 @@ class _Engine:
         self, start: int, group: list[Unit], last_choice: Unit | None, objectives: dict[Unit, _Objective]
     ) -> None:
         """One batched pass per chunk for candidates that all resume at block `start`."""
-        from hubprune.sublayers import _set
-
-        block_name = f"{self.adapter.layers}.{start}"
         gated = {kind: [u.kind == kind and u.block == start for u in group] for kind in ("attn", "mlp")}
         wanted = {k for k in self.speculate if k > start}
         for c, (ids, mask) in enumerate(self.chunks):
@@ -452,26 +449,21 @@ class _Engine:
             states = [self._resume(u, last_choice, c)[1] for u in group]
             h = torch.cat(states) if len(states) > 1 else states[0]
             kwargs = [_expand_rows(kw, rows, len(group)) for kw in self.kwargs[c]]
-            swapped = []
-            for kind, name in (("attn", self.adapter.attention), ("mlp", self.adapter.mlp)):
-                if any(gated[kind]):
-                    gate = torch.tensor(
-                        [0.0 if g else 1.0 for g in gated[kind] for _ in range(rows)],
-                        dtype=h.dtype,
-                        device=h.device,
-                    )
-                    original = self.model.get_submodule(f"{block_name}.{name}")
-                    _set(self.model, f"{block_name}.{name}", _RowGate(original, gate.view(-1, 1, 1)))
-                    swapped.append((f"{block_name}.{name}", original))
+            gates = {
+                _sublayer_name(self.adapter, Unit(kind, start)): torch.tensor(
+                    [0.0 if g else 1.0 for g in gated[kind] for _ in range(rows)],
+                    dtype=h.dtype,
+                    device=h.device,
+                ).view(-1, 1, 1)
+                for kind in ("attn", "mlp")
+                if any(gated[kind])
+            }
             stored: dict[int, torch.Tensor] = {}
-            try:
+            with _gated(self.model, gates):
                 for b in range(start, self.num_blocks):
                     if b in wanted:
                         stored[b] = h
                     h = _first_tensor(self.blocks[b](h, **kwargs[b]))
-            finally:
-                for name, original in swapped:
-                    _set(self.model, name, original)
             for i, unit in enumerate(group):
                 rows_i = slice(i * rows, (i + 1) * rows)
                 for k, state in stored.items():
@@ -555,26 +547,33 @@ class _RowGate(nn.Module):
         return out * self.gate
 
 
-@contextmanager
-def _outputs_zeroed(model: nn.Module, adapter: ArchAdapter, units: list[Unit]) -> Iterator[None]:
-    """Run `model` with the outputs of `units` multiplied by zero (the official code's masking:
-    the sublayers still run); the original modules are put back afterwards."""
-    from hubprune.sublayers import _set
+def _sublayer_name(adapter: ArchAdapter, unit: Unit) -> str:
+    return f"{adapter.layers}.{unit.block}.{adapter.attention if unit.kind == 'attn' else adapter.mlp}"
 
-    weight = next(model.parameters())
-    zero = torch.zeros((), dtype=weight.dtype, device=weight.device)
+
+@contextmanager
+def _gated(model: nn.Module, gates: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Run `model` with the output of each named sublayer multiplied by its gate (0 removes it,
+    per row when the gate has one value a row); the original modules are put back afterwards."""
     swapped = []
     try:
-        for unit in units:
-            sublayer = adapter.attention if unit.kind == "attn" else adapter.mlp
-            name = f"{adapter.layers}.{unit.block}.{sublayer}"
+        for name, gate in gates.items():
             original = model.get_submodule(name)
-            _set(model, name, _RowGate(original, zero))
+            _set(model, name, _RowGate(original, gate))
             swapped.append((name, original))
         yield
     finally:
         for name, original in reversed(swapped):
             _set(model, name, original)
+
+
+def _outputs_zeroed(
+    model: nn.Module, adapter: ArchAdapter, units: list[Unit]
+) -> AbstractContextManager[None]:
+    """The official code's masking: `units` still run, their outputs are multiplied by zero."""
+    weight = next(model.parameters())
+    zero = torch.zeros((), dtype=weight.dtype, device=weight.device)
+    return _gated(model, {_sublayer_name(adapter, unit): zero for unit in units})
 
 
 def _expand_rows(value: Any, rows: int, times: int) -> Any:

@@ -48,8 +48,8 @@ def _pop_cache(past_key_values: Cache | None, kwargs: dict[str, Any]) -> Cache |
     return cache if cache is not None else past_key_values
 
 
-def _output_cache(outputs: Any) -> Cache | None:
-    cache = outputs.get("cache") if hasattr(outputs, "get") else None
+def _output_cache(outputs: BaseModelOutputWithPast) -> Cache | None:
+    cache = outputs.get("cache")
     return cache if cache is not None else outputs.get("past_key_values")
 
 
