@@ -19,6 +19,11 @@ class SourceError(HubpruneError, OSError):
     local folder, no safetensors weights (without `--allow-pickle`), unreachable Hub."""
 
 
+class HubUnreachableError(SourceError):
+    """A Hub default (a model or dataset id) was asked for but the Hub cannot be reached; the
+    message names the offline alternative (a local path or an ``offline:`` name)."""
+
+
 class UnsupportedArchitectureError(HubpruneError, ValueError):
     """The model family has no adapter in `hubprune.arch`; the message lists the supported ones."""
 

@@ -7,10 +7,16 @@ stored here. Hub errors become :class:`~hubprune.errors.SourceError` with one se
 
 from __future__ import annotations
 
+import functools
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from hubprune.errors import SourceError
+from hubprune.errors import HubUnreachableError, SourceError
+
+#: Seconds to wait for a TCP connection to the Hub before calling it unreachable.
+REACHABLE_TIMEOUT_S = 3.0
 
 # What a model folder needs; weights are added below by format.
 _BASE_PATTERNS = [
@@ -36,6 +42,36 @@ class Pulled:
     revision: str | None
     sha: str
     local_dir: Path
+
+
+@functools.lru_cache(maxsize=None)
+def _endpoint_reachable(endpoint: str, offline_mode: bool) -> bool:
+    if offline_mode:
+        return False
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=REACHABLE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def hub_reachable() -> bool:
+    """Whether the Hub endpoint (``HF_ENDPOINT``) accepts a TCP connection; ``HF_HUB_OFFLINE`` means no.
+
+    One connection attempt with a short timeout, remembered for the process, so a machine without
+    network learns it in seconds instead of after huggingface_hub's retries with backoff.
+    """
+    from huggingface_hub import constants
+
+    return _endpoint_reachable(constants.ENDPOINT, bool(constants.HF_HUB_OFFLINE))
+
+
+def require_hub(what: str, alternative: str) -> None:
+    """Raise :class:`HubUnreachableError` naming `what` needed the Hub and the offline `alternative`."""
+    if not hub_reachable():
+        raise HubUnreachableError(f"{what} needs the Hugging Face Hub, which is unreachable from here; {alternative}")
 
 
 def validate_repo_id(repo_id: str) -> None:
