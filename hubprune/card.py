@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from hubprune import __version__
+from hubprune.hub import validate_repo_id
 from hubprune.layer_map import LAYER_MAP_NAME, TRACE_PLOT_NAME, pictures, write_pictures
 from hubprune.plan import MANIFEST_NAME, Manifest, Plan, Unit
+from hubprune.redact import public_record
 
 CARD_NAME = "README.md"
 TEMPLATE_NAME = "model_card.md.j2"
@@ -58,7 +62,10 @@ def template_dir() -> Path:
 
 
 def environment() -> Any:
-    """The Jinja environment: StrictUndefined, no autoescape (Markdown), tidy whitespace."""
+    """The Jinja environment: StrictUndefined, tidy whitespace, and no autoescape: HTML escaping is
+    wrong inside code, so each user string goes through the filter of its place (`md`, `code`,
+    `fence`, `shell`, `pystr`). Jinja only ever evaluates the template; strings in the context
+    are data and are never parsed as templates."""
     import jinja2
 
     env = jinja2.Environment(
@@ -74,7 +81,51 @@ def environment() -> Any:
     env.filters["params"] = fmt_params
     env.filters["bytes"] = fmt_bytes
     env.filters["flops"] = fmt_flops
+    env.filters["md"] = md_text
+    env.filters["code"] = md_code
+    env.filters["fence"] = md_fence
+    env.filters["shell"] = lambda value: shlex.quote(str(value))
+    env.filters["pystr"] = lambda value: json.dumps(str(value))  # a JSON string is a Python literal
     return env
+
+
+# -- user strings in Markdown -----------------------------------------------------------------------
+
+# Characters that can open Markdown or HTML markup inline (`<script>`, links, emphasis, table cells);
+# `_` only where it can start or end emphasis (not inside a word: `acc_norm` stays readable).
+_MD_SPECIAL = re.compile(r"([\\`*\[\]<>|~&]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z]))")
+
+
+def _one_line(value: Any) -> str:
+    return " ".join(str(value).splitlines())
+
+
+def md_text(value: Any) -> str:
+    """A user string as literal text in prose or a table cell: one line, markup characters
+    backslash-escaped, so `<script>` or `[x](y)` show as typed instead of acting."""
+    return _MD_SPECIAL.sub(r"\\\1", _one_line(value))
+
+
+def _fence_for(text: str, least: int) -> str:
+    """Backticks, more than in any run of them in `text` and at least `least`."""
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    return "`" * max(least, longest + 1)
+
+
+def md_code(value: Any) -> str:
+    """A user string as an inline code span: shown verbatim, whatever backticks it holds."""
+    text = _one_line(value)
+    fence = _fence_for(text, 1)
+    pad = " " if text[:1] in ("`", " ") or text[-1:] in ("`", " ") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def md_fence(value: Any, language: str = "") -> str:
+    """Verbatim text as a fenced code block whose fence is longer than any backtick run inside,
+    so no line of the text (an indented ``` in a recipe) can close it early."""
+    text = str(value).strip("\n")
+    fence = _fence_for(text, 3)
+    return f"{fence}{language}\n{text}\n{fence}"
 
 
 # -- number formatting ------------------------------------------------------------------------------
@@ -413,8 +464,6 @@ def _scalars(record: Any, skip: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
 
 def _hub_dataset_ids(manifest: Manifest) -> list[str]:
     """Hub datasets the run used (calibration, recovery), for the `datasets:` metadata."""
-    from hubprune.hub import validate_repo_id
-
     ids = []
     cal = manifest.plan.calibration
     if cal is not None and cal.kind == "hub-dataset":
@@ -444,7 +493,7 @@ def _command_line(manifest: Manifest) -> str:
     # A local folder or GGUF path means nothing to a reader: name the base model instead.
     local = source.get("kind") in ("local", "gguf")
     spec = "BASE_MODEL_FOLDER" if local else (source.get("spec") or source.get("base_model") or "SOURCE")
-    parts = ["hubprune prune", spec]
+    parts = ["hubprune", "prune", spec]
     if local and source.get("base_model"):
         parts += ["--base-model", str(source["base_model"])]
     parts += ["--method", plan.method]
@@ -464,7 +513,7 @@ def _command_line(manifest: Manifest) -> str:
     if (manifest.export or {}).get("format", "plain") != "plain":
         parts += ["--format", str(manifest.export["format"])]
     parts += ["--out", "OUT"]
-    return " ".join(parts)
+    return shlex.join(parts)  # quoted: the values are the manifest's, and readers paste the line
 
 
 def _license_files(run_dir: Path) -> list[str]:
@@ -488,7 +537,6 @@ def _has_chat_template(run_dir: Path) -> bool:
 def _base_model_id(manifest: Manifest) -> str | None:
     """The Hub id of the base model, or None when the source was a local folder without one."""
     from hubprune.errors import SourceError
-    from hubprune.hub import validate_repo_id
 
     base = manifest.source.get("base_model")
     if not base or Path(base).expanduser().exists() or base.startswith((".", "/", "~")):
@@ -498,6 +546,60 @@ def _base_model_id(manifest: Manifest) -> str | None:
     except SourceError:
         return None
     return base
+
+
+def _web_link(url: Any) -> str | None:
+    """`url` if it is a plain http(s) link that cannot break out of a Markdown link, else None."""
+    if isinstance(url, str) and re.fullmatch(r"https?://[^\s()<>\[\]`\\]+", url):
+        return url
+    return None
+
+
+def search_cost_record(run_dir: Path, manifest: Manifest) -> dict[str, Any] | None:
+    """The search's cost record (``plan.search_cost``, FinerCut's engine statistics), None for
+    methods without one; read from ``hubprune.json`` when this Plan class predates the field."""
+    record = getattr(manifest.plan, "search_cost", None)
+    if record is None and (Path(run_dir) / MANIFEST_NAME).is_file():
+        raw = json.loads((Path(run_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
+        record = (raw.get("plan") or {}).get("search_cost")
+    return record if isinstance(record, dict) else None
+
+
+def candidate_evaluations(plan: Plan) -> int:
+    """How many candidate removals the search scored: every candidate at every greedy step (the
+    trace lists them), or each scored candidate once for a one-shot search."""
+    greedy = sum(len(step.get("candidates") or []) for step in plan.trace)
+    return greedy or sum(1 for s in plan.scores if _is_num(s.get("score")))
+
+
+def naive_search_flops(flops_per_row: Mapping[str, Any], evaluations: int, rows: int) -> float:
+    """Forward FLOPs of the official (naive) FinerCut search for the same candidates: each one a
+    full pass of every sublayer (removed ones are masked, so they still run) and the head, over
+    all `rows` calibration sequences; `flops_per_row` is the engine's measured cost per sequence."""
+    per_pass = sum(flops_per_row["attn"]) + sum(flops_per_row["mlp"]) + flops_per_row["head"]
+    return float(evaluations * rows * per_pass)
+
+
+def search_cost_summary(plan: Plan, record: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The card's search-cost line: candidates evaluated, forward FLOPs against the official naive
+    search's (measured when the naive engine ran, else computed from the measured per-sublayer
+    costs) and wall time; None without a record."""
+    if not record or not _is_num(record.get("forward_flops")):
+        return None
+    flops, engine = float(record["forward_flops"]), str(record.get("engine", ""))
+    evaluations = candidate_evaluations(plan)
+    naive = flops if engine == "naive" else None
+    per_row = record.get("flops_per_row")
+    if naive is None and isinstance(per_row, dict) and plan.calibration is not None and evaluations:
+        naive = naive_search_flops(per_row, evaluations, plan.calibration.samples)
+    return {
+        "engine": engine,
+        "candidates": evaluations,
+        "flops": flops,
+        "naive_flops": naive,
+        "naive_ratio": naive / flops if naive and flops else None,
+        "wall_s": record.get("wall_s") if _is_num(record.get("wall_s")) else None,
+    }
 
 
 # -- the context, the metadata and the card ---------------------------------------------------------
@@ -537,6 +639,9 @@ def build_context(
         params_fraction = None
     publish = manifest.stages.get("publish") if isinstance(manifest.stages.get("publish"), dict) else {}
     load_id = repo_id or publish.get("repo_id")
+    if load_id is not None:
+        # It is pasted into Python and shell lines of the quick start: only a well-formed id may be.
+        validate_repo_id(load_id)
     license_info = base_card_license(manifest)
     license_id = license_info.get("license")
     recover = manifest.stages.get("recover") if isinstance(manifest.stages.get("recover"), dict) else None
@@ -552,11 +657,12 @@ def build_context(
             "settings": [(k, v) for k, v in _scalars(settings) if k in EVAL_SETTING_KEYS],
             "limit": settings.get("limit") if isinstance(settings, dict) else None,
         }
-    return {
+    context = {
         "generated_marker": GENERATED_MARKER,
         "hubprune_version": manifest.hubprune_version or __version__,
         "model_name": (load_id or folder.resolve().name).split("/")[-1],
-        "load_id": load_id or str(folder),
+        # Unpublished, the quick start names the run folder, not its absolute (machine's) path.
+        "load_id": load_id or folder.resolve().name,
         "load_id_is_local": load_id is None,
         "base_model": _base_model_id(manifest),
         "base_spec": source.get("spec"),
@@ -577,6 +683,7 @@ def build_context(
         "layer_map": LAYER_MAP_NAME,
         "trace_plot": TRACE_PLOT_NAME if drawn[TRACE_PLOT_NAME] is not None else None,
         "trace_value_name": _trace_value_name(plan),
+        "search_cost": search_cost_summary(plan, search_cost_record(folder, manifest)),
         "export_format": export_format,
         "zero_filled": zero_filled,
         "trust_remote_code": export_format == "compact",
@@ -610,7 +717,7 @@ def build_context(
         "command": _command_line(manifest),
         "license": license_id,
         "license_name": license_info.get("license_name"),
-        "license_link": license_info.get("license_link"),
+        "license_link": _web_link(license_info.get("license_link")),
         "license_files": _license_files(folder),
         "attribution": ATTRIBUTIONS.get(str(license_id))
         or ATTRIBUTIONS.get(str(license_info.get("license_name"))),
@@ -618,6 +725,8 @@ def build_context(
         "versions": sorted((manifest.versions or {}).items()),
         "created_at": manifest.created_at,
     }
+    # The card is published: a local path anywhere in the records is named `local:<name>` here.
+    return public_record(context)
 
 
 def _trace_value_name(plan: Plan) -> str:

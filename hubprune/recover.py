@@ -47,6 +47,7 @@ from hubprune.arch import ArchAdapter, adapter_for
 from hubprune.errors import DataError, RecipeError
 from hubprune.plan import Manifest, library_versions, token_ids_sha256
 from hubprune.recipe import RECOVERY_NEUTRAL_FIELDS, LoraSection, RecoverySettings, recovery_settings
+from hubprune.redact import public_record
 
 __all__ = ["RecoverySettings", "LoraSection", "recover", "recovery_settings", "prepare_data", "TrainingData"]
 
@@ -794,7 +795,7 @@ def _record(
     else:
         lora = settings.lora_settings
         record.update(lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, lora_merged=True)
-    return record
+    return public_record(record)  # published: a local data file or folder is named `local:<name>`
 
 
 def _new_manifest(

@@ -10,7 +10,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "card",
         help="render the model card (README.md) of a run folder",
         description="Render RUN_DIR/README.md from hubprune.json, eval/results.json and the recovery record, "
-        "and draw layer_map.svg. Sections without data are left out. Safe to re-run.",
+        "and draw layer_map.svg (and search_trace.svg for a search with a trace). Sections without data are left out. Safe to re-run.",
         epilog="example: hubprune card out/smollm2-bi6 --repo my-name/smollm2-bi6",
     )
     parser.add_argument(
@@ -28,6 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from hubprune.card import render_card
+    from hubprune.layer_map import LAYER_MAP_NAME, TRACE_PLOT_NAME
 
     path = render_card(args.run_dir, repo_id=args.repo)
-    print(f"wrote {path}")
+    # Rendering removes a stale trace plot, so the pictures present are the ones just written.
+    pictures = [path.parent / name for name in (LAYER_MAP_NAME, TRACE_PLOT_NAME)]
+    for written in [path, *(p for p in pictures if p.is_file())]:
+        print(f"wrote {written}")
