@@ -377,16 +377,20 @@ def test_eval_rows_from_manifest_summary():
 
 
 def test_card_verb_renders_and_rerenders(tmp_path, capsys):
-    """Catches `hubprune card` not writing README.md and the layer map, or failing on a second run."""
+    """Catches `hubprune card` not writing README.md and the pictures, not naming every file it
+    wrote, or failing on a second run."""
     from hubprune.cli import main
 
     folder = write_run(tmp_path / "run", sublayer_manifest())
     assert main(["card", str(folder), "--repo", "test-org/x"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [
+        f"wrote {folder / name}" for name in ("README.md", "layer_map.svg", "search_trace.svg")
+    ]
     first = (folder / "README.md").read_text(encoding="utf-8")
     assert main(["card", str(folder), "--repo", "test-org/x"]) == 0
     assert (folder / "README.md").read_text(encoding="utf-8") == first
     assert (folder / "layer_map.svg").is_file() and (folder / "search_trace.svg").is_file()
-    assert f"wrote {folder / 'README.md'}" in capsys.readouterr().out
     assert main(["card", str(tmp_path)]) == 1  # not a run folder: one line, exit 1
     assert "not a hubprune run folder" in capsys.readouterr().err
 
@@ -402,3 +406,208 @@ def test_zero_filled_export_is_called_what_it_is(tmp_path):
     assert "12.5% of the parameters (nominally: this export zero-fills them)" in text
     assert "**zero-filled**" in text and "no savings" in text
     assert "trust_remote_code" not in text
+
+
+# -- hostile strings, repo ids, local paths, search cost ---------------------------------------------
+
+HOSTILE = (
+    '<script>alert(1)</script> <img src=x onerror="alert(2)"> [click](javascript:alert(3)) '
+    "| cell ``` {{ 7*7 }} {% if true %}J{% endif %} -->"
+)
+HOSTILE_RECIPE = (
+    "source: test-org/base\nnotes: |\n  ```\n  <script>alert(4)</script>\n   ````\n"
+    "  {{ 7*7 }} {% raw %} {{ config }}\n"
+)
+
+
+def hostile_manifest() -> Manifest:
+    """A FinerCut run whose every free-text field holds markup, backtick runs and Jinja syntax."""
+    manifest = sublayer_manifest()
+    plan = manifest.plan
+    plan.params = {"divergence": HOSTILE, "search": "greedy", HOSTILE: "<b>bold</b>"}
+    plan.score_meaning = HOSTILE
+    plan.budget = {"requested": {"amount": HOSTILE, "by": HOSTILE}}
+    plan.calibration = Calibration(
+        source=HOSTILE,
+        kind=HOSTILE,
+        samples=2,
+        seq_len=8,
+        seed=0,
+        token_ids_sha256=HOSTILE,
+        total_tokens_available=100,
+        bos_prepended=False,
+        config=HOSTILE,
+        split=HOSTILE,
+        revision="``",
+    )
+    manifest.source.update(spec=HOSTILE, kind="local", base_model=HOSTILE, license=HOSTILE)
+    manifest.source["license_name"] = HOSTILE
+    manifest.source["license_link"] = "javascript:alert(5)"
+    manifest.stages["recover"] = {"mode": HOSTILE, "data": HOSTILE, HOSTILE: HOSTILE}
+    manifest.recipe = HOSTILE_RECIPE
+    manifest.versions = {HOSTILE: HOSTILE}
+    manifest.hubprune_version = HOSTILE
+    return manifest
+
+
+def hostile_report() -> dict[str, Any]:
+    report = eval_report()
+    report["tasks"] = {HOSTILE: {HOSTILE: report["tasks"]["piqa"]["acc"]}}
+    report["settings"]["device"] = HOSTILE
+    report["speed"]["base"]["device_name"] = HOSTILE
+    return report
+
+
+def test_hostile_strings_render_as_text(tmp_path):
+    """Catches a user string acting as markup or code in the card: HTML tags, links, a table pipe,
+    a backtick run closing the recipe's fence early, Jinja syntax evaluated; the card must still
+    parse with huggingface_hub."""
+    from huggingface_hub import ModelCard
+    from markdown_it import MarkdownIt
+
+    folder = write_run(tmp_path / "run", hostile_manifest(), report=hostile_report())
+    path = card.render_card(folder, repo_id="test-org/pruned")
+    text = path.read_text(encoding="utf-8")
+    card_obj = ModelCard.load(path)
+    assert card_obj.data.to_dict()["library_name"] == "transformers"
+    tokens = MarkdownIt("commonmark").enable("table").parse(card_obj.text)
+    inline = [child for t in tokens for child in (t.children or [])]
+    html = [t.content for t in [*tokens, *inline] if t.type in ("html_block", "html_inline")]
+    assert html, "the card's own <details> blocks should be seen as HTML"
+    comment = html.pop(0)  # the marker comment: inert, and user text must not end it early
+    assert comment.startswith(card.GENERATED_MARKER) and comment.rstrip().endswith("`hubprune card`. -->")
+    for snippet in html:  # only the template's own tags are HTML
+        assert all(bad not in snippet for bad in ("script", "img", "onerror", "<b>")), snippet
+    links = [t.attrs.get("href") for t in inline if t.type == "link_open"]
+    assert not any(str(href).startswith("javascript") for href in links), links
+    fences = [t for t in tokens if t.type == "fence"]
+    recipe = next(t for t in fences if t.info == "yaml")
+    assert recipe.content == HOSTILE_RECIPE  # verbatim, in one piece, not closed by its ```` lines
+    assert "{{ 7*7 }}" in recipe.content and "49" not in text  # Jinja never evaluates user strings
+    # A table cell holds the whole hostile string as text: its pipe did not split the row.
+    cells = [
+        "".join(c.content for c in tokens[i + 1].children or [])
+        for i, t in enumerate(tokens)
+        if t.type in ("td_open", "th_open")
+    ]
+    assert HOSTILE in cells
+    python = next(t for t in fences if t.info == "python")
+    assert 'model_id = "test-org/pruned"' in python.content
+
+
+def test_repo_id_is_validated_before_it_reaches_the_quick_start(tmp_path, capsys):
+    """Catches a repo id pasted unchecked into the Python snippet and the `vllm serve` line, from
+    `card --repo` or from a manifest's publish record; a local folder's name is quoted."""
+    from hubprune.cli import main
+    from hubprune.errors import SourceError
+
+    evil = 'a/b"; __import__("os").system("id") #'
+    folder = write_run(tmp_path / "run", sublayer_manifest())
+    assert main(["card", str(folder), "--repo", evil]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("hubprune: error:") and "not a valid Hub repo id" in err
+    assert not (folder / "README.md").exists()
+    manifest = sublayer_manifest()
+    manifest.stages["publish"] = {"repo_id": evil}
+    with pytest.raises(SourceError):
+        card.render_card_text(write_run(tmp_path / "published", manifest))
+    odd = write_run(tmp_path / 'x"; rm -rf ~ #', sublayer_manifest())
+    text = card.render_card_text(odd)
+    assert 'model_id = "x\\"; rm -rf ~ #"' in text
+    assert "vllm serve 'x\"; rm -rf ~ #' --trust-remote-code" in text
+
+
+def test_nothing_published_holds_a_local_path(tmp_path):
+    """Catches absolute paths (the local source folder, the calibration file, the home folder)
+    reaching the files `publish` uploads: README.md, hubprune.json, configs, pictures."""
+    from hubprune.methods import Budget
+    from hubprune.pipeline import CalibrationOptions, SourceOptions, prune
+    from tests.tiny import save_tiny
+
+    source = save_tiny(tmp_path / "models" / "my-model", "llama")
+    calibration = tmp_path / "data" / "calibration.txt"
+    calibration.parent.mkdir()
+    calibration.write_text("\n".join(f"the quick brown fox {i} jumps" for i in range(200)), encoding="utf-8")
+    out = tmp_path / "out"
+    options = CalibrationOptions(dataset=str(calibration), samples=2, seq_len=16)
+    prune(SourceOptions(str(source)), "block-influence", Budget(1), out, calibration=options)
+    card.render_card(out)
+    texts = {
+        p.name: p.read_text(encoding="utf-8") for p in out.rglob("*") if p.suffix in (".md", ".json", ".svg")
+    }
+    assert {"README.md", "hubprune.json", "config.json", "layer_map.svg"} <= set(texts)
+    for name, text in texts.items():
+        for local in (str(tmp_path), str(Path.home()), tmp_path.name):
+            assert local not in text, f"{name} contains {local}"
+    manifest = Manifest.load(out)
+    assert manifest.source["spec"] == "local:my-model"
+    assert manifest.plan.calibration.source == "local:calibration.txt"
+    assert manifest.plan.calibration.file_sha256  # the name is short; the hash pins the content
+    assert "`local:calibration.txt`" in texts["README.md"]
+
+
+def test_public_text_names_local_paths_and_keeps_the_rest():
+    """Catches the path rule touching URLs, Hub ids, relative paths or formulas, or missing a path."""
+    from hubprune.redact import public_record, public_text
+
+    assert public_text("/home/me/.cache/hubprune/model/") == "local:model"
+    assert public_text('out: ~/runs/x\ndata: "/tmp/a/cal.txt"') == 'out: local:x\ndata: "local:cal.txt"'
+    for kept in ("https://huggingface.co/a/b", "owner/name", "../pruned", "arccos(cos(p, q))/π", "/x"):
+        assert public_text(kept) == kept
+    assert public_record({"/srv/a/b": ["/srv/c/d", 1]}) == {"local:b": ["local:d", 1]}
+
+
+SEARCH_COST = {
+    "engine": "cached",
+    "wall_s": 12.34,
+    "forward_flops": 2.0e9,
+    "forward_flops_if_skipping": 2.0e9,
+    "full_forward_calls": 1,
+    "block_evaluations": 100,
+    "flops_per_row": {"attn": [1e6] * 6, "mlp": [2e6] * 6, "head": 2e6},
+}
+
+
+def test_search_cost_line_for_finercut(tmp_path):
+    """Catches FinerCut's search cost missing from the card, or its naive comparison computed from
+    the wrong numbers: 3 greedy steps of 12, 11, 10 candidates over 4 sequences, each naive pass
+    (6 blocks x 3 MFLOPs + 2 MFLOPs head) = 20 MFLOPs a sequence -> 33 x 4 x 20 M = 2.64 G."""
+    manifest = sublayer_manifest()
+    for step, count in zip(manifest.plan.trace, (12, 11, 10), strict=True):
+        step["candidates"] = [{"unit": f"u{i}", "score": 0.1} for i in range(count)]
+    manifest.plan.calibration = block_manifest().plan.calibration
+    manifest.plan.calibration.samples = 4
+    folder = write_run(tmp_path / "run", manifest)
+    raw = json.loads((folder / "hubprune.json").read_text(encoding="utf-8"))
+    raw["plan"]["search_cost"] = SEARCH_COST  # the record as methods/finercut.py stores it
+    (folder / "hubprune.json").write_text(json.dumps(raw), encoding="utf-8")
+    text = card.render_card_text(folder, repo_id="test-org/pruned")
+    assert (
+        "Search cost: 33 candidate evaluations in 12.3 s, 2.00 G forward FLOPs with the cached engine; "
+        "the official naive search (a full forward pass per candidate, removed sublayers masked) needs "
+        "2.64 G for the same candidates, 1.32× as many."
+    ) in text
+    assert "Search cost" not in card.render_card_text(write_run(tmp_path / "bi", block_manifest()))
+
+
+def test_naive_flops_formula_matches_the_naive_engine():
+    """Catches the card's estimate of the official search's FLOPs drifting from what the naive
+    engine actually tallies for the same candidates on a tiny model."""
+    from hubprune.arch import adapter_for
+    from hubprune.methods.finercut import FinerCutParams, finercut_search
+    from tests.test_finercut import _calibration
+    from tests.tiny import tiny_model
+
+    model, batch = tiny_model("llama"), _calibration()
+    result = finercut_search(
+        model,
+        adapter_for(model),
+        batch,
+        FinerCutParams(engine="naive"),
+        lambda removed: len(removed) >= 2,
+        batch_size=2,
+        progress=False,
+    )
+    evaluations = sum(len(scores) for scores in result.step_scores)
+    estimate = card.naive_search_flops(result.stats["flops_per_row"], evaluations, batch.info.samples)
+    assert estimate == pytest.approx(result.stats["forward_flops"], rel=1e-9)
