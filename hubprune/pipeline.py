@@ -19,7 +19,7 @@ from hubprune.errors import RecipeError
 from hubprune.export import DEFAULT_MAX_SHARD_SIZE, export_plain, prepare_out_dir
 from hubprune.methods import Budget, MethodContext, get_method
 from hubprune.plan import Manifest, Plan
-from hubprune.redact import public_record, public_text
+from hubprune.redact import public_text
 from hubprune.size import model_stats
 from hubprune.source import ResolvedSource, load_model, resolve_source
 from hubprune.surgery import apply_plan
@@ -172,7 +172,7 @@ def prune(
     if plan.calibration is not None:  # the manifest is published: a local file is `local:<name>`
         plan.calibration.source = public_text(plan.calibration.source)
     manifest = Manifest(
-        source=public_record(loaded.source.to_dict()),
+        source=loaded.source.to_dict(),
         family=loaded.adapter.family,
         plan=plan,
         model_before=before,
