@@ -73,7 +73,7 @@ def test_empty_and_short_data_are_clear_errors(tmp_path, tokenizer):
 
 def test_missing_column_and_too_long_sequence(tmp_path, tokenizer):
     (tmp_path / "a.jsonl").write_text(json.dumps({"content": "x"}) + "\n")
-    with pytest.raises(DataError, match="no 'text' field"):
+    with pytest.raises(DataError, match=r"no 'text' column \(it has: content\)"):
         load_texts(str(tmp_path / "a.jsonl"))
     (tmp_path / "t.txt").write_text(SAMPLE_TEXT)
     with pytest.raises(DataError, match="longer than the model allows"):

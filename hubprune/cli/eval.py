@@ -94,7 +94,7 @@ def _limit(value: float | None) -> int | float | None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from hubprune.evaluate import evaluate_model_spec, evaluate_run, format_table, write_report
+    from hubprune.evaluation import evaluate_model_spec, evaluate_run, format_table, write_report
     from hubprune.plan import MANIFEST_NAME
 
     common = dict(
