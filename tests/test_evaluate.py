@@ -174,6 +174,69 @@ def test_bad_input_is_one_clear_error(tiny: dict[str, Path], tmp_path: Path, cap
         evaluation.evaluate_run(tiny["run"], tasks=[], perplexity=False)
 
 
+def test_offline_run_defaults_to_offline_text(
+    tiny: dict[str, Path], cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A run pruned from an `offline:` model, evaluated with no --perplexity-data, is measured on
+    offline:xsum (not WikiText from the Hub), and the report and the CLI say so. Would catch: the
+    Hub default used for an offline run, or a default chosen silently."""
+    from hubprune.evaluation import runner
+
+    run = tmp_path / "offline-run"
+    shutil.copytree(tiny["run"], run)
+    manifest = Manifest.load(run)
+    manifest.source["spec"] = "offline:smollm2-135m-instruct"
+    manifest.save(run)
+    resolve = runner._resolve  # the tiny base stands in for the offline model
+    monkeypatch.setattr(
+        runner,
+        "_resolve",
+        lambda role, spec, *a, **k: resolve(role, str(tiny["base"]) if role == "base" else spec, *a, **k),
+    )
+    monkeypatch.setattr("hubprune.hub.hub_reachable", lambda: False)
+    assert main(["eval", str(run), "--seq-len", "64", "--max-tokens", "512", "--batch-size", "4"]) == 0
+    assert "perplexity text: offline:xsum (default for an offline model" in capsys.readouterr().out
+    data = json.loads((run / "eval" / "results.json").read_text())["perplexity"]["data"]
+    assert data["spec"] == "offline:xsum" and data["kind"] == "offline" and data["text_column"] == "document"
+
+
+def test_data_is_checked_before_any_model(tiny: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    """eval and prune load their text before resolving or loading a model: a missing file is a
+    DataError and a Hub default without the Hub a fast HubUnreachableError naming the offline
+    options; a prune from an offline: source calibrates on offline text. Would catch: text loaded
+    after the weights, or a Hub default for an offline source."""
+    import time
+
+    from hubprune import pipeline
+    from hubprune.errors import DataError, HubUnreachableError
+    from hubprune.evaluation import runner
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was resolved before the data was checked")
+
+    monkeypatch.setattr(runner, "_resolve", no_model)
+    monkeypatch.setattr(pipeline, "resolve_source", no_model)
+    with pytest.raises(DataError, match="missing.txt does not exist"):
+        evaluation.evaluate_run(tiny["run"], tasks=[], perplexity_data=str(tmp_path / "missing.txt"))
+    with pytest.raises(DataError, match="missing.txt does not exist"):
+        prune(
+            SourceOptions(str(tiny["base"])),
+            "perplexity",
+            Budget(1),
+            tmp_path / "out",
+            calibration=pipeline.CalibrationOptions(dataset=str(tmp_path / "missing.txt")),
+        )
+    monkeypatch.setattr("hubprune.hub.hub_reachable", lambda: False)
+    start = time.perf_counter()
+    with pytest.raises(HubUnreachableError, match="--perplexity-data offline:xsum .*--no-perplexity"):
+        evaluation.evaluate_run(tiny["run"], tasks=[])
+    with pytest.raises(HubUnreachableError, match="--calibration offline:lee-background"):
+        prune(SourceOptions(str(tiny["base"])), "perplexity", Budget(1), tmp_path / "out2")
+    assert time.perf_counter() - start < 5
+    offline_text = pipeline.calibration_text(pipeline.CalibrationOptions(), "offline:smollm2-135m-instruct")
+    assert offline_text.source == "offline:lee-background" and len(offline_text.texts) == 300
+
+
 def test_perplexity_windows_match_a_direct_computation() -> None:
     """Disjoint windows must equal nll_sum's per-window NLL; with overlap, every
     token after the first is scored exactly once; one window covering everything equals the

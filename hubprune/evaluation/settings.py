@@ -120,6 +120,6 @@ def load_perplexity_text(settings: EvalSettings) -> Any:
         split=split,
         text_column=settings.text_column,
         what="perplexity text",
-        alternative=f"pass --perplexity-data with offline text ({data.offline_alternative()}) or a "
-        "local file, or --no-perplexity",
+        alternative=f"pass --perplexity-data {OFFLINE_PERPLEXITY_TEXT} (offline texts: "
+        f"{data.offline_alternative()}) or a local file, or --no-perplexity",
     )
