@@ -95,12 +95,19 @@ def _read_file(path: Path, what: str) -> Any:
         raise DataError(
             f"unsupported {what} file type '{suffix}' for {path}; use .txt, .jsonl, .json, .parquet or .csv"
         )
+    quiet = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # a few local rows: "Generating train split" bars are noise
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as err:  # datasets wraps parser errors in several types; the user needs one line
+        if not path.read_bytes().strip():
+            raise DataError(f"{what} {path} contains no text") from err
         cause = err.__cause__ or err
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         raise DataError(f"{path} is not a readable {builder} file ({first})") from err
+    finally:
+        if not quiet:
+            datasets.enable_progress_bars()
 
 
 @contextlib.contextmanager
