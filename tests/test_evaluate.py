@@ -195,7 +195,7 @@ def test_offline_run_defaults_to_offline_text(
     )
     monkeypatch.setattr("hubprune.hub.hub_reachable", lambda: False)
     assert main(["eval", str(run), "--seq-len", "64", "--max-tokens", "512", "--batch-size", "4"]) == 0
-    assert "perplexity text: offline:xsum (default for an offline model" in capsys.readouterr().out
+    assert "perplexity text: offline:xsum, the default for an offline model" in capsys.readouterr().out
     data = json.loads((run / "eval" / "results.json").read_text())["perplexity"]["data"]
     assert data["spec"] == "offline:xsum" and data["kind"] == "offline" and data["text_column"] == "document"
 

@@ -138,6 +138,6 @@ def run(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2, sort_keys=True) if args.json else format_table(report))
     data = (report.get("perplexity") or {}).get("data", {})
     if data.get("chosen") and not args.json:
-        print(f"perplexity text: {data['spec']} ({data['chosen']})")
+        print(f"perplexity text: {data['spec']}, the {data['chosen']}")
     if written is not None and not args.json:
         print(f"wrote {written}")
