@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hubprune import data as data_mod  # noqa: E402
 from hubprune import offline  # noqa: E402
 from hubprune.arch import adapter_for  # noqa: E402
+from hubprune.evaluation.perplexity import perplexity  # noqa: E402
 from hubprune.methods import Budget, MethodContext, get_method  # noqa: E402
 from hubprune.methods.finercut import FinerCutParams, finercut_search, plan_finercut  # noqa: E402
-from hubprune.perplexity import perplexity  # noqa: E402
 from hubprune.plan import Unit  # noqa: E402
 from hubprune.size import block_params, unique_params  # noqa: E402
 from hubprune.surgery import apply_plan  # noqa: E402

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from hubprune import data as data_mod
+from hubprune import offline
 from hubprune.arch import ArchAdapter, adapter_for
-from hubprune.data import CalibrationBatch
+from hubprune.data import CalibrationBatch, TextSource
 from hubprune.errors import RecipeError
 from hubprune.export import DEFAULT_MAX_SHARD_SIZE, export_plain, prepare_out_dir
 from hubprune.methods import Budget, MethodContext, get_method
@@ -39,8 +40,8 @@ class SourceOptions:
 
 @dataclass
 class CalibrationOptions:
-    """Which text to calibrate on and how much of it. `dataset` None means the method's default:
-    WikiText-2 (train) from the Hub."""
+    """Which text to calibrate on and how much of it. `dataset` None means the default:
+    ``offline:lee-background`` for an ``offline:`` source, else WikiText-2 (train) from the Hub."""
 
     dataset: str | None = None
     config: str | None = None
@@ -82,15 +83,32 @@ def read_config(folder: Path) -> dict[str, Any]:
     return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
 
 
-def calibrate(loaded: Loaded, options: CalibrationOptions) -> CalibrationBatch:
-    """Tokenised calibration windows with provenance."""
-    if options.dataset is None:
-        spec, config = data_mod.DEFAULT_DATASET, options.config or data_mod.DEFAULT_DATASET_CONFIG
-    else:
+def calibration_text(options: CalibrationOptions, source_spec: str) -> TextSource:
+    """The calibration documents, loaded before any weights so a missing file or column, or an
+    unreachable Hub, fails fast. With no dataset named: offline text for an ``offline:`` source
+    (no Hub needed), WikiText-2 from the Hub otherwise."""
+    if options.dataset is not None:
         spec, config = options.dataset, options.config
-    texts = data_mod.load_texts(
-        spec, config=config, split=options.split, text_column=options.text_column, revision=options.revision
+    elif source_spec.startswith(offline.PREFIX):
+        spec, config = data_mod.OFFLINE_DEFAULT, None
+    else:
+        spec, config = data_mod.DEFAULT_DATASET, options.config or data_mod.DEFAULT_DATASET_CONFIG
+    return data_mod.load_texts(
+        spec,
+        config=config,
+        split=options.split,
+        text_column=options.text_column,
+        revision=options.revision,
+        alternative=f"pass --calibration {data_mod.OFFLINE_DEFAULT} (offline texts: "
+        f"{data_mod.offline_alternative()}) or a local file",
     )
+
+
+def calibrate(
+    loaded: Loaded, options: CalibrationOptions, texts: TextSource | None = None
+) -> CalibrationBatch:
+    """Tokenised calibration windows with provenance (from `texts` when already loaded)."""
+    texts = texts or calibration_text(options, loaded.source.spec)
     return data_mod.build_calibration(
         loaded.tokenizer,
         texts,
@@ -109,12 +127,14 @@ def score(
     calibration: CalibrationOptions | None = None,
     method_params: dict[str, Any] | None = None,
     batch_size: int = 8,
+    texts: TextSource | None = None,
 ) -> Plan:
-    """Run a method and return its plan; calibration text is loaded only if the method needs it."""
+    """Run a method and return its plan; calibration text (`texts`, or loaded now) is used only
+    if the method needs it."""
     spec = get_method(method)
     params = spec.make_params(method_params)
     calibration = calibration or CalibrationOptions()
-    batch = calibrate(loaded, calibration) if spec.needs_calibration else None
+    batch = calibrate(loaded, calibration, texts) if spec.needs_calibration else None
     ctx = MethodContext(
         loaded.model, loaded.adapter, budget, batch, seed=calibration.seed, batch_size=batch_size
     )
@@ -149,6 +169,9 @@ def prune(
     prepare_out_dir(out_dir, overwrite)  # fail before any expensive work
     spec = get_method(method)
     spec.make_params(method_params)  # a bad method argument fails before loading weights
+    # the calibration text too: a missing file or column, or no Hub, fails before any download
+    calibration = calibration or CalibrationOptions()
+    texts = calibration_text(calibration, source.spec) if spec.needs_calibration else None
     resolved = resolve_source(source.spec, allow_pickle=source.allow_pickle, base_model=source.base_model)
     config = read_config(resolved.local_dir)
     family = adapter_for(str(config.get("model_type")))  # unsupported families fail before loading weights
@@ -164,7 +187,13 @@ def prune(
     before = model_stats(loaded.model, loaded.adapter)
     start = time.perf_counter()
     plan = score(
-        loaded, method, budget, calibration=calibration, method_params=method_params, batch_size=batch_size
+        loaded,
+        method,
+        budget,
+        calibration=calibration,
+        method_params=method_params,
+        batch_size=batch_size,
+        texts=texts,
     )
     score_s = time.perf_counter() - start
     export = _apply_and_export(loaded, plan, out_dir, export_format, max_shard_size, overwrite)

@@ -26,7 +26,7 @@ from hubprune.errors import RecipeError
 # The optional stages and the module that provides each; a recipe asking for one that is not
 # installed is refused by name rather than failing half-way through a run.
 OPTIONAL_STAGE_MODULES = {
-    "evaluate": "hubprune.evaluate",
+    "evaluate": "hubprune.evaluation",
     "card": "hubprune.card",
     "publish": "hubprune.publish",
 }
@@ -225,7 +225,7 @@ class RecoverySettings(_Section):
 
 
 class EvaluateSection(_Section):
-    """Arguments for `hubprune.evaluate.evaluate_run`."""
+    """Arguments for `hubprune.evaluation.evaluate_run`."""
 
     tasks: list[str] = Field(
         min_length=1, description="lm-eval task names, or the offline pack (offline:piqa)"

@@ -23,6 +23,7 @@ one, and they are removed once the run folder is written.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -42,7 +43,6 @@ import torch
 from torch import nn
 
 from hubprune import data as data_mod
-from hubprune import offline
 from hubprune.arch import ArchAdapter, adapter_for
 from hubprune.errors import DataError, RecipeError
 from hubprune.plan import Manifest, library_versions, token_ids_sha256
@@ -66,9 +66,6 @@ ALPACA_PROMPT = (
 
 # -- data -----------------------------------------------------------------------------------------
 
-_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-_TEXT_SUFFIXES = (".txt", ".cor", ".text", ".md")
-
 
 @dataclass
 class TrainingData:
@@ -80,51 +77,21 @@ class TrainingData:
 
 
 def _load_split(settings: RecoverySettings, split: str) -> tuple[Any, dict[str, Any]]:
-    """One split as a `datasets.Dataset`, from offline:NAME, a local file or the Hub."""
-    import datasets
-
-    spec = settings.data
-    local: Path | None = None
-    info: dict[str, Any] = {"source": spec}
-    if spec.startswith(offline.PREFIX):
-        local, column = offline.text_path(spec)
-        info.update(kind="offline", default_text_column=column)
-    elif Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")):
-        local = Path(spec).expanduser()
-        if not local.is_file():
-            raise DataError(f"training data file {spec} does not exist")
-        info.update(kind="file")
-    try:
-        if local is not None:
-            suffix = local.suffix.lower()
-            builder = "text" if suffix in _TEXT_SUFFIXES else _BUILDERS.get(suffix)
-            if builder is None:
-                raise DataError(
-                    f"unsupported training file type '{suffix}' for {local}; use .txt, .jsonl, .json, .parquet or .csv"
-                )
-            ds = datasets.load_dataset(builder, data_files=str(local), split="train")
-            info["file_sha256"] = hashlib.sha256(local.read_bytes()).hexdigest()
-        else:
-            ds = datasets.load_dataset(
-                spec, settings.data_config, split=split, revision=settings.data_revision
-            )
-            info.update(kind="hub-dataset", config=settings.data_config, split=split)
-            info["revision"] = _dataset_sha(spec, settings.data_revision)
-    except DataError:
-        raise
-    except Exception as err:  # datasets raises many types; the user needs the one line
-        raise DataError(f"could not load training data '{spec}' (split {split}): {err}") from None
-    return ds, info
-
-
-def _dataset_sha(repo_id: str, revision: str | None) -> str | None:
-    """The resolved commit of a Hub dataset, for provenance (best effort)."""
-    try:
-        from huggingface_hub import HfApi
-
-        return HfApi().dataset_info(repo_id, revision=revision).sha
-    except Exception:
-        return revision
+    """One split as a `datasets.Dataset` with its provenance (see :func:`hubprune.data.load_rows`)."""
+    rows = data_mod.load_rows(
+        settings.data,
+        config=settings.data_config,
+        split=split,
+        revision=settings.data_revision,
+        what="training data",
+        alternative=f"set recover.data to offline text ({data_mod.offline_alternative()}) or a local file",
+    )
+    info: dict[str, Any] = {"source": settings.data, "kind": rows.kind}
+    if rows.kind == "hub-dataset":
+        info.update(config=rows.config, split=rows.split, revision=rows.revision)
+    else:
+        info.update(file_sha256=rows.file_sha256, default_text_column=rows.text_column)
+    return rows.dataset, info
 
 
 def detect_format(settings: RecoverySettings, columns: list[str]) -> str:
@@ -205,16 +172,9 @@ def _encode_conversation(
 
 
 def _pack_text(tokenizer: Any, texts: list[str], seq_len: int) -> list[dict[str, list[int]]]:
-    """Concatenate documents (EOS between them) and cut full windows of `seq_len` tokens."""
-    add_bos = data_mod.tokenizer_adds_bos(tokenizer)
-    body = seq_len - 1 if add_bos else seq_len
-    separator = tokenizer.eos_token or "\n\n"
-    ids = tokenizer(separator.join(texts), add_special_tokens=False)["input_ids"]
-    windows = []
-    for start in range(0, len(ids) - body + 1, body):
-        window = ([tokenizer.bos_token_id] if add_bos else []) + ids[start : start + body]
-        windows.append({"input_ids": window, "labels": list(window)})
-    return windows
+    """Concatenate documents (EOS between them) and cut disjoint full windows of `seq_len` tokens."""
+    cut = data_mod.token_windows(tokenizer, texts, seq_len=seq_len, policy="disjoint")
+    return [{"input_ids": window, "labels": list(window)} for window in cut.windows]
 
 
 def prepare_data(tokenizer: Any, settings: RecoverySettings) -> TrainingData:
@@ -291,23 +251,17 @@ def prepare_data(tokenizer: Any, settings: RecoverySettings) -> TrainingData:
     return TrainingData(train, held_out, info)
 
 
-class _Collator:
-    """Right-pads a batch; padding never counts in the loss (label -100, attention 0)."""
+def _collator(tokenizer: Any) -> Any:
+    """transformers' seq2seq collator: right-pads a batch to its longest example; padding never
+    counts in the loss (label -100) or in attention (mask 0). A tokenizer without a pad token pads
+    with EOS (the id is masked anyway); only a copy is changed, never the tokenizer that is exported."""
+    from transformers import DataCollatorForSeq2Seq
 
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-
-    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(e["input_ids"]) for e in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, example in enumerate(batch):
-            n = len(example["input_ids"])
-            ids[row, :n] = torch.tensor(example["input_ids"])
-            labels[row, :n] = torch.tensor(example["labels"])
-            mask[row, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    padder = copy.deepcopy(tokenizer)
+    padder.padding_side = "right"
+    if padder.pad_token is None:
+        padder.pad_token = padder.eos_token or padder.convert_ids_to_tokens(0)
+    return DataCollatorForSeq2Seq(padder, padding="longest", label_pad_token_id=-100, return_tensors="pt")
 
 
 # -- what to train --------------------------------------------------------------------------------
@@ -512,7 +466,7 @@ def _trainer(
     settings: RecoverySettings,
     data: TrainingData,
     ckpt_dir: Path,
-    pad_id: int,
+    tokenizer: Any,
     on_gpu: bool,
 ) -> tuple[Any, str]:
     """A Trainer over the prepared examples; returns it and the precision it trains in."""
@@ -552,7 +506,7 @@ def _trainer(
         args=args,
         train_dataset=data.train,
         eval_dataset=data.eval,
-        data_collator=_Collator(pad_id),
+        data_collator=_collator(tokenizer),
     )
     return trainer, precision
 
@@ -614,8 +568,7 @@ def recover(
         "data: %d training / %d held-out examples (%s format, %d tokens)",
         data.info["train_examples"], data.info["eval_examples"], data.info["format"], data.info["train_tokens"],
     )  # fmt: skip
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-    trainer, precision = _trainer(model, settings, data, ckpt_dir, pad_id, on_gpu)
+    trainer, precision = _trainer(model, settings, data, ckpt_dir, tokenizer, on_gpu)
 
     start = time.perf_counter()
     eval_before = saved_state.get("eval_before") or trainer.evaluate()

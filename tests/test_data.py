@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from hubprune.data import build_calibration, load_texts, tokenizer_adds_bos
+from hubprune.data import build_calibration, load_texts, token_windows, tokenizer_adds_bos
 from hubprune.errors import DataError
 from hubprune.plan import token_ids_sha256
 from tests.tiny import SAMPLE_TEXT, char_tokenizer
@@ -73,7 +73,7 @@ def test_empty_and_short_data_are_clear_errors(tmp_path, tokenizer):
 
 def test_missing_column_and_too_long_sequence(tmp_path, tokenizer):
     (tmp_path / "a.jsonl").write_text(json.dumps({"content": "x"}) + "\n")
-    with pytest.raises(DataError, match="no 'text' field"):
+    with pytest.raises(DataError, match=r"no 'text' column \(it has: content\)"):
         load_texts(str(tmp_path / "a.jsonl"))
     (tmp_path / "t.txt").write_text(SAMPLE_TEXT)
     with pytest.raises(DataError, match="longer than the model allows"):
@@ -88,3 +88,46 @@ def test_offline_texts_are_real_text():
     assert sum(len(t) for t in source.texts) > 100_000
     xsum = load_texts("offline:xsum")
     assert len(xsum.texts) >= 990 and xsum.text_column == "document"  # one article is empty
+
+
+def test_json_csv_and_bad_json_line(tmp_path):
+    """Would catch: a file kind the loader drops, or a bad JSON line reported without its file."""
+    docs = ["first document", "second one"]
+    (tmp_path / "a.json").write_text(json.dumps([{"text": d} for d in docs]))
+    (tmp_path / "a.csv").write_text("text,label\n" + "\n".join(f"{d},1" for d in docs) + "\n")
+    assert load_texts(str(tmp_path / "a.json")).texts == docs
+    assert load_texts(str(tmp_path / "a.csv")).texts == docs
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "ok"}) + "\n{not json\n")
+    with pytest.raises(DataError, match=r"bad\.jsonl is not a readable json file"):
+        load_texts(str(tmp_path / "bad.jsonl"))
+
+
+def test_windows_disjoint_and_strided_cover_the_stream(tokenizer):
+    """Would catch: disjoint windows that overlap or keep a partial tail, and strided windows
+    that score a token twice or skip one."""
+    text = SAMPLE_TEXT[:100]
+    disjoint = token_windows(tokenizer, [text], seq_len=30, policy="disjoint")
+    stream = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert disjoint.windows == [stream[0:30], stream[30:60], stream[60:90]]
+    strided = token_windows(tokenizer, [text], seq_len=30, policy="strided", stride=20, max_tokens=100)
+    assert strided.scored_from == [1, 10, 10, 10, 20]  # the last window ends at the last token
+    covered = []
+    for window, start, first in zip(strided.windows, [0, 20, 40, 60, 70], strided.scored_from, strict=True):
+        assert window == stream[start : start + 30]
+        covered += range(start + first, start + 30)
+    assert covered == list(range(1, 100))
+
+
+def test_hub_dataset_without_the_hub_is_a_fast_clear_error(monkeypatch):
+    """Would catch: a Hub dataset default that spends a minute in retries without the Hub, or an
+    error that does not name the offline alternatives."""
+    import time
+
+    from hubprune import hub
+    from hubprune.errors import HubUnreachableError
+
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
+    start = time.perf_counter()
+    with pytest.raises(HubUnreachableError, match="offline:lee-background.*offline:xsum.*or a local file"):
+        load_texts("someone/not-cached-dataset", split="train")
+    assert time.perf_counter() - start < 5

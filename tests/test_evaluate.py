@@ -1,4 +1,4 @@
-"""The evaluation stage (hubprune.evaluate, hubprune.speed, `hubprune eval`).
+"""The evaluation stage (hubprune.evaluation, hubprune.speed, `hubprune eval`).
 
 Tiny random models keep these fast; one slow test uses the real SmolLM2 weights to check that
 hubprune's in-memory evaluation agrees item by item with the plain `lm_eval` command line, and
@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from hubprune import evaluate
+from hubprune import evaluation
 from hubprune.cli import main
 from hubprune.errors import RecipeError, SourceError
+from hubprune.evaluation.perplexity import nll_sum
 from hubprune.methods import Budget
-from hubprune.perplexity import nll_sum
 from hubprune.pipeline import SourceOptions, prune
 from hubprune.plan import Manifest
 from hubprune.speed import measure_speed
@@ -68,7 +68,7 @@ def test_run_report_validates_and_is_self_consistent(
     block, size/cost before and after, speed fields, and the manifest summary for the card.
     Then `hubprune eval` on the same folder: the table, and both models' results read from the
     cache (keyed by their files and the settings), equal to the first computation."""
-    report = evaluate.evaluate_run(
+    report = evaluation.evaluate_run(
         tiny["run"],
         tasks=["offline:piqa"],
         limit=6,
@@ -77,7 +77,7 @@ def test_run_report_validates_and_is_self_consistent(
         speed_options={"prompt_tokens": 8, "new_tokens": 2, "repeats": 2},
         **TINY,
     )
-    evaluate.validate_report(report)
+    evaluation.validate_report(report)
     assert json.loads((tiny["run"] / "eval" / "results.json").read_text()) == report
     assert report["roles"] == ["base", "pruned"] and report["final"] == "pruned"
     _check_rows(report)
@@ -140,8 +140,8 @@ def test_recovered_run_reports_three_columns(tiny: dict[str, Path], cache: Path,
     manifest = Manifest.load(recovered)
     manifest.stages["recover"] = {"from_run": str(tiny["run"]), "method": "lora"}
     manifest.save(recovered)
-    report = evaluate.evaluate_run(recovered, tasks=[], perplexity_data=str(tiny["text"]), **TINY)
-    evaluate.validate_report(report)
+    report = evaluation.evaluate_run(recovered, tasks=[], perplexity_data=str(tiny["text"]), **TINY)
+    evaluation.validate_report(report)
     assert report["roles"] == ["base", "pruned", "recovered"] and report["final"] == "recovered"
     _check_rows(report)
     ppl = report["perplexity"]["metric"]
@@ -157,25 +157,88 @@ def test_bad_input_is_one_clear_error(tiny: dict[str, Path], tmp_path: Path, cap
     """limit <= 0, a run folder without a model, a missing folder: each a HubpruneError whose one
     sentence the CLI prints, raised before any model is loaded."""
     with pytest.raises(RecipeError, match="--limit must be a positive"):
-        evaluate.evaluate_run(tiny["run"], tasks=["offline:piqa"], limit=0)
+        evaluation.evaluate_run(tiny["run"], tasks=["offline:piqa"], limit=0)
     empty = tmp_path / "empty-run"
     empty.mkdir()
     shutil.copy(tiny["run"] / "hubprune.json", empty / "hubprune.json")
     with pytest.raises(SourceError, match=r"empty-run has no model \(config.json is missing\)"):
-        evaluate.evaluate_run(empty, tasks=["offline:piqa"])
+        evaluation.evaluate_run(empty, tasks=["offline:piqa"])
     (empty / "config.json").write_text((tiny["run"] / "config.json").read_text())
     with pytest.raises(SourceError, match=r"has no model \(weights"):
-        evaluate.evaluate_run(empty, tasks=["offline:piqa"])
+        evaluation.evaluate_run(empty, tasks=["offline:piqa"])
     with pytest.raises(SourceError, match="does not exist"):
-        evaluate.evaluate_run(tmp_path / "nowhere", tasks=["offline:piqa"])
+        evaluation.evaluate_run(tmp_path / "nowhere", tasks=["offline:piqa"])
     assert main(["eval", str(tiny["run"]), "--tasks", "offline:piqa", "--limit", "-1"]) == 1
     assert "hubprune: error: --limit must be a positive" in capsys.readouterr().err
     with pytest.raises(RecipeError, match="nothing to evaluate"):
-        evaluate.evaluate_run(tiny["run"], tasks=[], perplexity=False)
+        evaluation.evaluate_run(tiny["run"], tasks=[], perplexity=False)
+
+
+def test_offline_run_defaults_to_offline_text(
+    tiny: dict[str, Path], cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A run pruned from an `offline:` model, evaluated with no --perplexity-data, is measured on
+    offline:xsum (not WikiText from the Hub), and the report and the CLI say so. Would catch: the
+    Hub default used for an offline run, or a default chosen silently."""
+    from hubprune.evaluation import runner
+
+    run = tmp_path / "offline-run"
+    shutil.copytree(tiny["run"], run)
+    manifest = Manifest.load(run)
+    manifest.source["spec"] = "offline:smollm2-135m-instruct"
+    manifest.save(run)
+    resolve = runner._resolve  # the tiny base stands in for the offline model
+    monkeypatch.setattr(
+        runner,
+        "_resolve",
+        lambda role, spec, *a, **k: resolve(role, str(tiny["base"]) if role == "base" else spec, *a, **k),
+    )
+    monkeypatch.setattr("hubprune.hub.hub_reachable", lambda: False)
+    assert main(["eval", str(run), "--seq-len", "64", "--max-tokens", "512", "--batch-size", "4"]) == 0
+    assert "perplexity text: offline:xsum, the default for an offline model" in capsys.readouterr().out
+    data = json.loads((run / "eval" / "results.json").read_text())["perplexity"]["data"]
+    assert data["spec"] == "offline:xsum" and data["kind"] == "offline" and data["text_column"] == "document"
+
+
+def test_data_is_checked_before_any_model(tiny: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    """eval and prune load their text before resolving or loading a model: a missing file is a
+    DataError and a Hub default without the Hub a fast HubUnreachableError naming the offline
+    options; a prune from an offline: source calibrates on offline text. Would catch: text loaded
+    after the weights, or a Hub default for an offline source."""
+    import time
+
+    from hubprune import pipeline
+    from hubprune.errors import DataError, HubUnreachableError
+    from hubprune.evaluation import runner
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was resolved before the data was checked")
+
+    monkeypatch.setattr(runner, "_resolve", no_model)
+    monkeypatch.setattr(pipeline, "resolve_source", no_model)
+    with pytest.raises(DataError, match="missing.txt does not exist"):
+        evaluation.evaluate_run(tiny["run"], tasks=[], perplexity_data=str(tmp_path / "missing.txt"))
+    with pytest.raises(DataError, match="missing.txt does not exist"):
+        prune(
+            SourceOptions(str(tiny["base"])),
+            "perplexity",
+            Budget(1),
+            tmp_path / "out",
+            calibration=pipeline.CalibrationOptions(dataset=str(tmp_path / "missing.txt")),
+        )
+    monkeypatch.setattr("hubprune.hub.hub_reachable", lambda: False)
+    start = time.perf_counter()
+    with pytest.raises(HubUnreachableError, match="--perplexity-data offline:xsum .*--no-perplexity"):
+        evaluation.evaluate_run(tiny["run"], tasks=[])
+    with pytest.raises(HubUnreachableError, match="--calibration offline:lee-background"):
+        prune(SourceOptions(str(tiny["base"])), "perplexity", Budget(1), tmp_path / "out2")
+    assert time.perf_counter() - start < 5
+    offline_text = pipeline.calibration_text(pipeline.CalibrationOptions(), "offline:smollm2-135m-instruct")
+    assert offline_text.source == "offline:lee-background" and len(offline_text.texts) == 300
 
 
 def test_perplexity_windows_match_a_direct_computation() -> None:
-    """Disjoint windows must equal hubprune.perplexity's per-window NLL; with overlap, every
+    """Disjoint windows must equal nll_sum's per-window NLL; with overlap, every
     token after the first is scored exactly once; one window covering everything equals the
     whole-sequence NLL whatever the stride."""
     model, tokenizer = tiny_model("llama"), char_tokenizer()
@@ -183,7 +246,7 @@ def test_perplexity_windows_match_a_direct_computation() -> None:
     ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
     n = len(ids)
     assert n == 256
-    disjoint = evaluate.text_perplexity(model, tokenizer, [text], seq_len=64, max_tokens=n)
+    disjoint = evaluation.text_perplexity(model, tokenizer, [text], seq_len=64, max_tokens=n)
     nll, count = 0.0, 0
     for start in range(0, n, 64):
         part, k = nll_sum(model, ids[None, start : start + 64], torch.ones(1, 64, dtype=torch.long))
@@ -191,18 +254,18 @@ def test_perplexity_windows_match_a_direct_computation() -> None:
     assert (disjoint["windows"], disjoint["scored_tokens"]) == (4, count) == (4, 4 * 63)
     assert disjoint["nll"] == pytest.approx(nll, rel=1e-5)
     assert disjoint["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
-    overlap = evaluate.text_perplexity(model, tokenizer, [text[:250]], seq_len=64, stride=32, max_tokens=n)
+    overlap = evaluation.text_perplexity(model, tokenizer, [text[:250]], seq_len=64, stride=32, max_tokens=n)
     assert overlap["scored_tokens"] == 250 - 1
     whole_nll, whole_count = nll_sum(model, ids[None], torch.ones(1, n, dtype=torch.long))
-    single = evaluate.text_perplexity(model, tokenizer, [text], seq_len=n, stride=7, max_tokens=n)
+    single = evaluation.text_perplexity(model, tokenizer, [text], seq_len=n, stride=7, max_tokens=n)
     assert single["scored_tokens"] == whole_count == n - 1
     assert single["nll"] == pytest.approx(whole_nll, rel=1e-5)
 
 
 def test_row_reads_lower_is_better_the_right_way() -> None:
-    row = evaluate._row({"base": 20.0, "pruned": 40.0}, higher_is_better=False)
+    row = evaluation.metric_row({"base": 20.0, "pruned": 40.0}, higher_is_better=False)
     assert row["retained_pct"]["pruned"] == pytest.approx(50.0) and row["delta"]["pruned"] == 20.0
-    row = evaluate._row({"base": 0.5, "pruned": 0.4, "recovered": None}, higher_is_better=True)
+    row = evaluation.metric_row({"base": 0.5, "pruned": 0.4, "recovered": None}, higher_is_better=True)
     assert row["retained_pct"] == {"pruned": pytest.approx(80.0), "recovered": None}
 
 
@@ -227,18 +290,18 @@ def test_smollm2_in_memory_matches_lm_eval_cli_and_pruning_hurts_perplexity(
 
     loaded = load(SourceOptions(str(smollm2_dir), dtype="float32", device="cpu"))
     model, tokenizer = loaded.model, loaded.tokenizer
-    text = evaluate.load_perplexity_text(evaluate.EvalSettings(tasks=[], perplexity_data="offline:xsum"))
+    text = evaluation.load_perplexity_text(evaluation.EvalSettings(tasks=[], perplexity_data="offline:xsum"))
     kwargs = dict(seq_len=256, max_tokens=1024, batch_size=8)
-    base_ppl = evaluate.text_perplexity(model, tokenizer, text.texts, **kwargs)["perplexity"]
+    base_ppl = evaluation.text_perplexity(model, tokenizer, text.texts, **kwargs)["perplexity"]
     apply_plan(model, loaded.adapter, Plan("manual", "block", [Unit("block", b) for b in range(12, 18)]))
-    pruned_ppl = evaluate.text_perplexity(model, tokenizer, text.texts, **kwargs)["perplexity"]
+    pruned_ppl = evaluation.text_perplexity(model, tokenizer, text.texts, **kwargs)["perplexity"]
     assert 5 < base_ppl < 100 and pruned_ppl > base_ppl
 
     folder = tmp_path / "pruned"
     export_plain(model, tokenizer, folder)
-    settings = evaluate.EvalSettings(tasks=["offline:piqa"], limit=20, batch_size=8)
+    settings = evaluation.EvalSettings(tasks=["offline:piqa"], limit=20, batch_size=8)
     resolved = resolve_tasks(settings.tasks)
-    ours = evaluate.run_lm_eval(model, tokenizer, resolved, settings, log_samples=True)
+    ours = evaluation.run_lm_eval(model, tokenizer, resolved, settings, log_samples=True)
     out = tmp_path / "cli"
     command = [sys.executable, "-m", "lm_eval", "run", "--model", "hf"]
     command += ["--model_args", f"pretrained={folder},dtype=float32", "--tasks", "offline_piqa"]

@@ -41,3 +41,32 @@ def test_angular_distance_is_bounded():
 def test_metrics_compute_in_fp32(dtype):
     a = torch.randn(4, 16).to(dtype)
     assert block_influence(a, a).dtype == torch.float32
+
+
+def test_perplexity_method_scores_are_the_perplexity_without_that_block(tmp_path):
+    """Would catch: a `perplexity` block score that ignores the removed block (the same number for
+    every block, or the full model's perplexity), or one measured on the wrong block."""
+    import copy
+
+    from hubprune.arch import adapter_for
+    from hubprune.data import build_calibration, load_texts
+    from hubprune.evaluation.perplexity import perplexity
+    from hubprune.methods import MethodContext, get_method
+    from hubprune.plan import Plan, Unit
+    from hubprune.surgery import apply_plan
+    from tests.tiny import SAMPLE_TEXT, char_tokenizer, tiny_model
+
+    (tmp_path / "t.txt").write_text(SAMPLE_TEXT)
+    calibration = build_calibration(
+        char_tokenizer(), load_texts(str(tmp_path / "t.txt")), samples=6, seq_len=32, seed=0
+    )
+    model = tiny_model("llama", num_layers=4)
+    spec = get_method("perplexity")
+    ctx = MethodContext(model, adapter_for(model), None, calibration, seed=0, batch_size=4)
+    scores = [s["score"] for s in spec.plan_fn(ctx, spec.make_params()).scores]
+    full = perplexity(model, calibration.batches(4))
+    for block, score in enumerate(scores):
+        pruned = copy.deepcopy(model)
+        apply_plan(pruned, adapter_for(pruned), Plan("manual", "block", [Unit("block", block)]))
+        assert score == pytest.approx(perplexity(pruned, calibration.batches(4)), rel=1e-5)
+    assert len(set(scores)) == len(scores) and full not in scores

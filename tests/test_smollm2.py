@@ -14,9 +14,9 @@ from transformers import AutoModelForCausalLM
 
 from hubprune.cli import main
 from hubprune.data import build_calibration, load_texts
+from hubprune.evaluation.perplexity import perplexity
 from hubprune.export import export_plain
 from hubprune.methods import Budget
-from hubprune.perplexity import perplexity
 from hubprune.pipeline import CalibrationOptions, SourceOptions, load, score
 from hubprune.surgery import apply_plan
 

@@ -59,8 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--perplexity-data",
         default=None,
         metavar="DATA",
-        help="offline:xsum, offline:wikitext2-sentences, offline:lee-background, a local .txt/.jsonl/.parquet, "
-        "or a Hub dataset id (default: wikitext, WikiText-2 raw test split)",
+        help="offline:xsum, offline:wikitext2-sentences, offline:lee-background, a local "
+        ".txt/.jsonl/.json/.parquet/.csv, or a Hub dataset id (default: offline:xsum when the model is an "
+        "offline: one, else wikitext, WikiText-2 raw test split, from the Hub)",
     )
     group.add_argument("--perplexity-config", default=None, help="dataset configuration name")
     group.add_argument("--perplexity-split", default=None, help="dataset split (default: test)")
@@ -94,7 +95,7 @@ def _limit(value: float | None) -> int | float | None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from hubprune.evaluate import evaluate_model_spec, evaluate_run, format_table, write_report
+    from hubprune.evaluation import evaluate_model_spec, evaluate_run, format_table, write_report
     from hubprune.plan import MANIFEST_NAME
 
     common = dict(
@@ -135,5 +136,8 @@ def run(args: argparse.Namespace) -> None:
         report = evaluate_model_spec(args.source, output=args.output, base_model=args.base_model, **common)
         written = Path(args.output) if args.output else None
     print(json.dumps(report, indent=2, sort_keys=True) if args.json else format_table(report))
+    data = (report.get("perplexity") or {}).get("data", {})
+    if data.get("chosen") and not args.json:
+        print(f"perplexity text: {data['spec']}, the {data['chosen']}")
     if written is not None and not args.json:
         print(f"wrote {written}")

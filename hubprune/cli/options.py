@@ -70,7 +70,7 @@ def add_calibration_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="PATH_OR_DATASET",
         help="Hub dataset id, local .txt/.jsonl/.parquet, or offline:NAME "
-        "(default: wikitext / wikitext-2-raw-v1 from the Hub)",
+        "(default: offline:lee-background for an offline: source, else wikitext / wikitext-2-raw-v1 from the Hub)",
     )
     group.add_argument("--calibration-config", default=None, help="dataset configuration name")
     group.add_argument("--calibration-split", default="train", help="dataset split (default: train)")

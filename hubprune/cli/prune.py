@@ -52,4 +52,7 @@ def run(args: argparse.Namespace) -> None:
         export_format=args.export_format,
     )
     print(summary(manifest))
+    calibration = manifest.plan.calibration
+    if calibration is not None:
+        print(f"calibrated on {calibration.source} ({calibration.samples} x {calibration.seq_len} tokens)")
     print(f"wrote {args.out} (manifest: {args.out}/hubprune.json)")

@@ -208,14 +208,14 @@ def recover_stage(state: RunState) -> None:
 
 
 def evaluate_stage(state: RunState) -> None:
-    """Benchmarks, perplexity and speed through `hubprune.evaluate` (recorded in the manifest)."""
+    """Benchmarks, perplexity and speed through `hubprune.evaluation` (recorded in the manifest)."""
     recipe = state.recipe
     if recipe.evaluate is None:
         return
     out = recipe.out_dir()
     if not state.should_run("evaluate", out):
         return
-    from hubprune.evaluate import evaluate_run
+    from hubprune.evaluation import evaluate_run
 
     logger.info("evaluate: %s", ", ".join(recipe.evaluate.tasks))
     section = recipe.evaluate

@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 from hubprune.arch import ArchAdapter
 from hubprune.data import CalibrationBatch
 from hubprune.errors import BudgetError, RecipeError
+from hubprune.evaluation.perplexity import token_nll
 from hubprune.methods.budget import Budget
 from hubprune.methods.registry import MethodContext, MethodSpec, register_method
 from hubprune.plan import Plan, Unit
@@ -190,13 +191,9 @@ class _Objective:
         self, ref: torch.Tensor | None, logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor
     ) -> None:
         if self.name == "perplexity":
-            targets = input_ids[:, 1:]
-            keep = mask[:, 1:].bool()
-            nll = F.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
-            ).view_as(targets)
-            self.total += float(nll[keep].sum())
-            self.count += int(keep.sum())
+            nll, count = token_nll(logits, input_ids, mask)
+            self.total += nll
+            self.count += count
             return
         assert ref is not None
         other = logits.float() if self.name == "angular" else torch.log_softmax(logits.float(), dim=-1)

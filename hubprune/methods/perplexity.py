@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
+from hubprune.evaluation.perplexity import perplexity
 from hubprune.methods.blocks import block_plan
 from hubprune.methods.registry import MethodContext, MethodSpec, register_method
-from hubprune.perplexity import perplexity
 from hubprune.plan import Plan
 from hubprune.surgery import blocks_skipped
 
