@@ -71,9 +71,9 @@ def _folder_digest(folder: Path) -> dict[str, str]:
 
 @pytest.fixture
 def captured(monkeypatch) -> dict:
-    """Logits of the exact model object handed to export_plain, before it is written."""
+    """Logits of the exact model object handed to write_plain, before it is written."""
     seen: dict = {}
-    original = export_mod.export_plain
+    original = export_mod.write_plain
 
     def spy(model, *args, **kwargs):
         with torch.no_grad():
@@ -81,7 +81,7 @@ def captured(monkeypatch) -> dict:
         seen["model"] = model
         return original(model, *args, **kwargs)
 
-    monkeypatch.setattr(export_mod, "export_plain", spy)
+    monkeypatch.setattr(export_mod, "write_plain", spy)
     return seen
 
 
