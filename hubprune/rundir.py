@@ -16,6 +16,7 @@ process is gone (a kill leaves them behind) and says so. Files inside an existin
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -156,8 +157,8 @@ def staged_folder(
     """Yield an empty staging folder beside `out_dir`; fill it completely (manifest included) and
     on a clean exit it becomes `out_dir` in one rename. On failure it is removed.
 
-    Holds the folder's lock from the checks to the rename, and checks again under it: a folder
-    another process finished meanwhile is refused, not deleted.
+    Holds the folder's lock from the checks to the rename and checks under it, before staging and
+    again before the rename: a folder another process finished meanwhile is refused, not deleted.
     """
     out = Path(out_dir)
     with out_lock(out):
@@ -169,6 +170,7 @@ def staged_folder(
         try:
             yield tmp
             fault_point("before-rename")
+            prepare_out_dir(out, overwrite, source=source)  # again: a writer that ignores the lock
             _move_into_place(tmp, out)
             fault_point("after-rename")
         finally:
@@ -178,7 +180,12 @@ def staged_folder(
 def _move_into_place(tmp: Path, out: Path) -> None:
     """Rename `tmp` to `out`; an existing run folder is renamed aside first and deleted after."""
     if not (out.is_dir() and any(out.iterdir())):
-        os.replace(tmp, out)  # an empty folder is replaced atomically; a non-empty one fails (ENOTEMPTY)
+        try:
+            os.replace(tmp, out)  # replaces an empty folder atomically, never a non-empty one
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise ExportError(f"output folder {out} was filled by someone else while writing") from err
         return
     trash = _leftover_name(out, "trash")
     os.rename(out, trash)
