@@ -803,10 +803,10 @@ def render_card(run_dir: str | Path, *, repo_id: str | None = None) -> Path:
         from hubprune.errors import ExportError
 
         raise ExportError(f"{folder} is not a hubprune run folder (it has no {MANIFEST_NAME})")
+    from hubprune.rundir import atomic_write_text
+
     text = render_card_text(folder, repo_id=repo_id, write_pictures=True)
-    path = folder / CARD_NAME
-    path.write_text(text, encoding="utf-8")
-    return path
+    return atomic_write_text(folder / CARD_NAME, text)  # never half a card, even if killed
 
 
 def is_generated(card_path: str | Path) -> bool:

@@ -1,7 +1,9 @@
 """Writing a pruned model as a folder that stock transformers loads.
 
-The folder is built under a temporary name beside the target and renamed at the end, so a
-failure never leaves a half-written model where a finished one is expected. Before writing,
+The folder is built in a staging folder beside the target and renamed at the end
+(:mod:`hubprune.rundir`), so a failure never leaves a half-written model where a finished one is
+expected; callers that add a manifest write the model with :func:`write_plain` into
+:func:`~hubprune.rundir.staged_folder` and save the manifest there before the rename. Before writing,
 the model's tensor names and shapes are checked against a model built from its own (pruned)
 config on the meta device: a surgery that left the config and the weights disagreeing is
 caught here rather than by a stranger's `from_pretrained`.
@@ -9,11 +11,7 @@ caught here rather than by a stranger's `from_pretrained`.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from torch import nn
 
 from hubprune.errors import ExportError
 from hubprune.hub import LICENSE_PATTERNS
+from hubprune.rundir import fault_point, staged_folder
 
 DEFAULT_MAX_SHARD_SIZE = "2GB"
 
@@ -45,16 +44,6 @@ def check_consistent(model: nn.Module) -> None:
             raise ExportError(f"tensor {name} has shape {actual[name]} but the config implies {shape}")
 
 
-def prepare_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
-    """Refuse to write into a non-empty folder unless `overwrite`."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ExportError(
-            f"output folder {out} already exists and is not empty; pass --overwrite to replace it"
-        )
-    return out
-
-
 def copy_license_files(source_dir: Path, out_dir: Path) -> list[str]:
     """Copy LICENSE / NOTICE / USE_POLICY files from the base model folder."""
     copied = []
@@ -64,23 +53,6 @@ def copy_license_files(source_dir: Path, out_dir: Path) -> list[str]:
                 shutil.copyfile(path, out_dir / path.name)
                 copied.append(path.name)
     return copied
-
-
-@contextmanager
-def staged_folder(out_dir: str | Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir` in one rename,
-    on failure it is removed, so a half-written model never sits where a finished one is expected."""
-    out = prepare_out_dir(out_dir, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is meant to be shared
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_companions(
@@ -102,6 +74,26 @@ def folder_files(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
+def write_plain(
+    model: nn.Module,
+    tokenizer: Any,
+    folder: Path,
+    *,
+    source_dir: Path | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    extra_files: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Save weights (safetensors, sharded at `max_shard_size`), config, generation config,
+    tokenizer files and the base model's license files into the (staging) `folder`; returns a
+    record for the manifest."""
+    check_consistent(model)
+    model.save_pretrained(folder, max_shard_size=max_shard_size)
+    fault_point("during-stage")
+    licenses = write_companions(folder, tokenizer, source_dir, extra_files)
+    files = folder_files(folder)
+    return {"format": "plain", "max_shard_size": max_shard_size, "files": files, "license_files": licenses}
+
+
 def export_plain(
     model: nn.Module,
     tokenizer: Any,
@@ -112,12 +104,14 @@ def export_plain(
     overwrite: bool = False,
     extra_files: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Save weights (safetensors, sharded at `max_shard_size`), config, generation config,
-    tokenizer files and the base model's license files; returns a record for the manifest."""
-    prepare_out_dir(out_dir, overwrite)
-    check_consistent(model)
-    with staged_folder(out_dir, overwrite) as tmp:
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
-        licenses = write_companions(tmp, tokenizer, source_dir, extra_files)
-    files = folder_files(Path(out_dir))
-    return {"format": "plain", "max_shard_size": max_shard_size, "files": files, "license_files": licenses}
+    """:func:`write_plain` into a staged folder that becomes `out_dir` (a model folder without a
+    manifest; :func:`hubprune.pipeline.prune` writes run folders)."""
+    with staged_folder(out_dir, overwrite, source=source_dir) as tmp:
+        return write_plain(
+            model,
+            tokenizer,
+            tmp,
+            source_dir=source_dir,
+            max_shard_size=max_shard_size,
+            extra_files=extra_files,
+        )

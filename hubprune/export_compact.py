@@ -30,13 +30,8 @@ from torch import nn
 
 from hubprune.arch import ArchAdapter
 from hubprune.errors import ExportError, UnsupportedArchitectureError
-from hubprune.export import (
-    DEFAULT_MAX_SHARD_SIZE,
-    folder_files,
-    prepare_out_dir,
-    staged_folder,
-    write_companions,
-)
+from hubprune.export import DEFAULT_MAX_SHARD_SIZE, folder_files, write_companions
+from hubprune.rundir import staged_folder
 from hubprune.sublayers import is_removed
 
 REMOTE_DIR = Path(__file__).resolve().parents[1] / "templates" / "remote"
@@ -179,41 +174,34 @@ def _build_compact(folder: Path, state_dict: dict[str, torch.Tensor], dtype: tor
     return compact.eval()
 
 
-def export_compact(
+def write_compact(
     model: nn.Module,
     adapter: ArchAdapter,
     tokenizer: Any,
-    out_dir: str | Path,
+    folder: Path,
     *,
     source_dir: Path | None = None,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
-    overwrite: bool = False,
     extra_files: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write `model` (sublayers removed in memory, see :mod:`hubprune.sublayers`) as a nemotron-nas
-    checkpoint with our remote code; returns the manifest's export record."""
+    """Write `model` (sublayers removed in memory, see :mod:`hubprune.sublayers`) into the
+    (staging) `folder` as a nemotron-nas checkpoint with our remote code; returns the manifest's
+    export record."""
     check_compact_supported(model.config, adapter)
-    prepare_out_dir(out_dir, overwrite)
     config = compact_config(model, adapter)
-    with staged_folder(out_dir, overwrite) as tmp:
-        (tmp / "config.json").write_text(
-            json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
-        remote = _copy_remote_code(tmp)
-        dtype = next(model.parameters()).dtype
-        compact = _build_compact(tmp, dict(model.state_dict()), dtype)
-        compact.save_pretrained(tmp, max_shard_size=max_shard_size)
-        # save_pretrained rewrites config.json from the loaded config; keep ours, which is the
-        # schema vLLM reads, and make sure the remote code sits beside it.
-        (tmp / "config.json").write_text(
-            json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
-        _copy_remote_code(tmp)
-        generation_config = getattr(model, "generation_config", None)
-        if generation_config is not None:
-            generation_config.save_pretrained(tmp)
-        licenses = write_companions(tmp, tokenizer, source_dir, extra_files)
-    files = folder_files(Path(out_dir))
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    remote = _copy_remote_code(folder)
+    dtype = next(model.parameters()).dtype
+    compact = _build_compact(folder, dict(model.state_dict()), dtype)
+    compact.save_pretrained(folder, max_shard_size=max_shard_size)
+    # save_pretrained rewrites config.json from the loaded config; keep ours, which is the
+    # schema vLLM reads, and make sure the remote code sits beside it.
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    _copy_remote_code(folder)
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None:
+        generation_config.save_pretrained(folder)
+    licenses = write_companions(folder, tokenizer, source_dir, extra_files)
     blocks = config["block_configs"]
     return {
         "format": "compact",
@@ -225,6 +213,27 @@ def export_compact(
         "mlp_blocks": sum(1 for b in blocks if not b["ffn"]["no_op"]),
         "zero_filled": False,
         "max_shard_size": max_shard_size,
-        "files": files,
+        "files": folder_files(folder),
         "license_files": licenses,
     }
+
+
+def export_compact(
+    model: nn.Module,
+    adapter: ArchAdapter,
+    tokenizer: Any,
+    out_dir: str | Path,
+    *,
+    source_dir: Path | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    overwrite: bool = False,
+    extra_files: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """:func:`write_compact` into a staged folder that becomes `out_dir` (a model folder without
+    a manifest; :func:`hubprune.pipeline.prune` writes run folders)."""
+    check_compact_supported(model.config, adapter)  # refuse before creating anything
+    with staged_folder(out_dir, overwrite, source=source_dir) as tmp:
+        return write_compact(
+            model, adapter, tokenizer, tmp, source_dir=source_dir, max_shard_size=max_shard_size,
+            extra_files=extra_files,
+        )  # fmt: skip

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hubprune.plan import Plan, Unit
+from hubprune.rundir import atomic_write_text
 
 LAYER_MAP_NAME = "layer_map.svg"
 TRACE_PLOT_NAME = "search_trace.svg"
@@ -226,5 +227,5 @@ def write_pictures(
         if svg is None:
             (folder / name).unlink(missing_ok=True)  # a stale plot from an earlier plan
         else:
-            (folder / name).write_text(svg, encoding="utf-8")
+            atomic_write_text(folder / name, svg)
     return drawn

@@ -17,10 +17,11 @@ from hubprune import offline
 from hubprune.arch import ArchAdapter, adapter_for
 from hubprune.data import CalibrationBatch, TextSource
 from hubprune.errors import RecipeError
-from hubprune.export import DEFAULT_MAX_SHARD_SIZE, export_plain, prepare_out_dir
+from hubprune.export import DEFAULT_MAX_SHARD_SIZE, write_plain
 from hubprune.methods import Budget, MethodContext, get_method
 from hubprune.plan import Manifest, Plan
 from hubprune.redact import public_text
+from hubprune.rundir import prepare_out_dir, staged_folder
 from hubprune.size import model_stats
 from hubprune.source import ResolvedSource, load_model, resolve_source
 from hubprune.surgery import apply_plan
@@ -166,7 +167,7 @@ def prune(
         raise RecipeError(
             f"unknown export format '{export_format}'; choose from: {', '.join(EXPORT_FORMATS)}"
         )
-    prepare_out_dir(out_dir, overwrite)  # fail before any expensive work
+    prepare_out_dir(out_dir, overwrite, source=source.spec)  # fail before any expensive work
     spec = get_method(method)
     spec.make_params(method_params)  # a bad method argument fails before loading weights
     # the calibration text too: a missing file or column, or no Hub, fails before any download
@@ -196,27 +197,29 @@ def prune(
         texts=texts,
     )
     score_s = time.perf_counter() - start
-    export = _apply_and_export(loaded, plan, out_dir, export_format, max_shard_size, overwrite)
-    after = export.pop("_model_after")
-    if plan.calibration is not None:  # the manifest is published: a local file is `local:<name>`
-        plan.calibration.source = public_text(plan.calibration.source)
-    manifest = Manifest(
-        source=loaded.source.to_dict(),
-        family=loaded.adapter.family,
-        plan=plan,
-        model_before=before,
-        model_after=after,
-        export=export,
-        stages={
-            "prune": {
-                "load_s": round(loaded.timings["load_s"], 2),
-                "score_s": round(score_s, 2),
-                "batch_size": batch_size,
-            }
-        },
-        recipe=recipe,
-    )
-    manifest.save(out_dir)
+    # The manifest goes into the staging folder too: the run folder appears complete or not at all.
+    with staged_folder(out_dir, overwrite, source=loaded.source.local_dir) as folder:
+        export = _apply_and_export(loaded, plan, folder, export_format, max_shard_size)
+        after = export.pop("_model_after")
+        if plan.calibration is not None:  # the manifest is published: a local file is `local:<name>`
+            plan.calibration.source = public_text(plan.calibration.source)
+        manifest = Manifest(
+            source=loaded.source.to_dict(),
+            family=loaded.adapter.family,
+            plan=plan,
+            model_before=before,
+            model_after=after,
+            export=export,
+            stages={
+                "prune": {
+                    "load_s": round(loaded.timings["load_s"], 2),
+                    "score_s": round(score_s, 2),
+                    "batch_size": batch_size,
+                }
+            },
+            recipe=recipe,
+        )
+        manifest.save(folder)
     return manifest
 
 
@@ -226,26 +229,25 @@ EXPORT_FORMATS = ("plain", "compact")
 def _apply_and_export(
     loaded: Loaded,
     plan: Plan,
-    out_dir: str | Path,
+    folder: Path,
     export_format: str,
     max_shard_size: str | int,
-    overwrite: bool,
 ) -> dict[str, Any]:
-    """Apply `plan` for the chosen format and write the folder; the record carries `_model_after`."""
+    """Apply `plan` for the chosen format and write the (staging) folder; the record carries `_model_after`."""
     model, adapter = loaded.model, loaded.adapter
     sublayer_units = [u for u in plan.removed if u.kind in ("attn", "mlp")]
-    where = dict(source_dir=loaded.source.local_dir, max_shard_size=max_shard_size, overwrite=overwrite)
+    where = dict(source_dir=loaded.source.local_dir, max_shard_size=max_shard_size)
     if export_format == "compact" and sublayer_units:
-        from hubprune.export_compact import export_compact
+        from hubprune.export_compact import write_compact
 
         apply_plan(model, adapter, plan, sublayers="remove")
         attn_left = adapter.num_blocks(model) - sum(1 for u in sublayer_units if u.kind == "attn")
         after = model_stats(model, adapter, attention_layers=attn_left)
-        export = export_compact(model, adapter, loaded.tokenizer, out_dir, **where)
+        export = write_compact(model, adapter, loaded.tokenizer, folder, **where)
     else:
         apply_plan(model, adapter, plan, sublayers="zero")
         after = model_stats(model, adapter)
-        export = export_plain(model, loaded.tokenizer, out_dir, **where)
+        export = write_plain(model, loaded.tokenizer, folder, **where)
         if sublayer_units:
             export["zero_filled"] = True
             export["zero_filled_units"] = [u.name for u in sublayer_units]

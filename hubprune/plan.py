@@ -182,10 +182,12 @@ class Manifest:
         return out
 
     def save(self, folder: str | Path) -> Path:
-        """Write sorted, indented JSON to `folder/hubprune.json`."""
-        path = Path(folder) / MANIFEST_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        return path
+        """Write sorted, indented JSON to `folder/hubprune.json`, replacing it in one rename so a
+        reader or a kill never meets half a manifest."""
+        from hubprune.rundir import atomic_write_text  # rundir reads MANIFEST_NAME from here
+
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        return atomic_write_text(Path(folder) / MANIFEST_NAME, text)
 
     @classmethod
     def load(cls, folder: str | Path) -> Manifest:

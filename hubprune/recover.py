@@ -33,7 +33,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -430,6 +429,28 @@ def _resume_point(ckpt_dir: Path, fingerprint: str) -> tuple[str | None, dict[st
     return str(last), state
 
 
+class _TrainingDone(Exception):
+    """Raised by :class:`_StopWhenDone` to leave `Trainer.train` before a step past `max_steps`."""
+
+
+def _stop_when_done_callback() -> Any:
+    """A TrainerCallback that ends training before a step past `max_steps` would be taken.
+
+    Resuming from the final checkpoint (a run killed after training, before its folder was
+    written), transformers 5 still runs one more step (global step max + 1, an extra loss point,
+    a later epoch), so the record would not match what was trained. At that step's start the
+    checkpoint's weights and state are loaded and nothing has changed them: stop there.
+    """
+    from transformers import TrainerCallback
+
+    class _StopWhenDone(TrainerCallback):
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.max_steps > 0 and state.global_step >= state.max_steps:
+                raise _TrainingDone
+
+    return _StopWhenDone()
+
+
 # -- the stage ------------------------------------------------------------------------------------
 
 
@@ -543,13 +564,13 @@ def recover(
     from accelerate import PartialState
     from transformers import set_seed
 
-    from hubprune.export import prepare_out_dir
+    from hubprune.rundir import prepare_out_dir, staged_folder
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.resolve() == run_dir.resolve():
         raise RecipeError("recovery writes a new run folder; --out must differ from the input folder")
     manifest = Manifest.load(run_dir)  # fails early when run_dir is not a run folder
-    prepare_out_dir(out_dir, overwrite)
+    prepare_out_dir(out_dir, overwrite, source=run_dir)
     ckpt_dir = Path(settings.checkpoint_dir) if settings.checkpoint_dir else Path(f"{out_dir}.checkpoints")
     fingerprint = _fingerprint(settings, run_dir, manifest)
     # Under `accelerate launch` every process runs this function; the main one touches files first.
@@ -569,6 +590,7 @@ def recover(
         data.info["train_examples"], data.info["eval_examples"], data.info["format"], data.info["train_tokens"],
     )  # fmt: skip
     trainer, precision = _trainer(model, settings, data, ckpt_dir, tokenizer, on_gpu)
+    trainer.add_callback(_stop_when_done_callback())
 
     start = time.perf_counter()
     eval_before = saved_state.get("eval_before") or trainer.evaluate()
@@ -576,7 +598,11 @@ def recover(
         _save_state(ckpt_dir, fingerprint, eval_before, settings)
     if resume_from:
         logger.info("resuming from %s", resume_from)
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except _TrainingDone:  # resumed from the final checkpoint: its weights and state are the result
+        trainer.is_in_train = False
+        logger.info("%s is the last step; nothing left to train", resume_from)
     eval_after = trainer.evaluate()
     train_s = time.perf_counter() - start
 
@@ -584,11 +610,10 @@ def recover(
     if trained_model is None:  # not the main process: wait for the main one to write the folder
         trainer.accelerator.wait_for_everyone()
         return Manifest.load(out_dir) if (out_dir / "hubprune.json").is_file() else manifest
-    model, export = _export(trained_model, tokenizer, out_dir, run_dir, settings, setup["export_dtype"])
     # Relative to the new folder: the manifest is published, and an absolute path would reveal the
     # machine's layout; `hubprune eval` resolves it against the run folder.
     from_run = Path(os.path.relpath(run_dir.resolve(), out_dir.resolve()))
-    record = _record(settings, from_run, setup, data, trainer, result, precision, train_s)
+    record = _record(settings, from_run, setup, data, trainer, precision, train_s)
     record["curve"] = curve = training_curve(trainer.state.log_history, eval_before, eval_after)
     record.update(
         eval_loss_before=_rounded(curve["eval_loss_before"], 4),
@@ -596,10 +621,12 @@ def recover(
         eval_perplexity_before=_rounded(curve["eval_perplexity_before"], 2),
         eval_perplexity_after=_rounded(curve["eval_perplexity_after"], 2),
         resumed_from=Path(resume_from).name if resume_from else None,
-        adapter_dir="adapter" if (out_dir / "adapter").is_dir() else None,
     )
-    new = _new_manifest(manifest, model, adapter, export, record, recipe)
-    new.save(out_dir)
+    with staged_folder(out_dir, overwrite, source=run_dir) as folder:
+        model, export = _export(trained_model, tokenizer, folder, run_dir, settings, setup["export_dtype"])
+        record["adapter_dir"] = "adapter" if (folder / "adapter").is_dir() else None
+        new = _new_manifest(manifest, model, adapter, export, record, recipe)
+        new.save(folder)  # before the rename: the run folder appears with its manifest
     if not settings.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
@@ -686,28 +713,22 @@ def _save_state(
 def _export(
     model: nn.Module,
     tokenizer: Any,
-    out_dir: Path,
+    folder: Path,
     run_dir: Path,
     settings: RecoverySettings,
     dtype: torch.dtype,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Merge LoRA (keeping the adapter if asked), cast back to the input's dtype and export plain."""
-    from hubprune.export import export_plain
+    """Merge LoRA (keeping the adapter in `folder/adapter` if asked), cast back to the input's
+    dtype and write plain into the (staging) `folder`; returns the exported model and its record."""
+    from hubprune.export import write_plain
 
-    adapter_tmp = None
     if settings.mode == "lora":
         if settings.lora_settings.save_adapter:
-            out_dir.parent.mkdir(parents=True, exist_ok=True)
-            adapter_tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=out_dir.parent))
-            model.save_pretrained(adapter_tmp)
+            model.save_pretrained(folder / "adapter")
         model = model.merge_and_unload()
     model = model.to(dtype).eval()
     model.config.use_cache = True
-    export = export_plain(model, tokenizer, out_dir, source_dir=run_dir, overwrite=True)
-    if adapter_tmp is not None:
-        shutil.move(str(adapter_tmp), out_dir / "adapter")
-        export["files"] = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
-    return model, export
+    return model, write_plain(model, tokenizer, folder, source_dir=run_dir)
 
 
 def _record(
@@ -716,7 +737,6 @@ def _record(
     setup: dict[str, Any],
     data: TrainingData,
     trainer: Any,
-    result: Any,
     precision: str,
     train_s: float,
 ) -> dict[str, Any]:
@@ -728,7 +748,7 @@ def _record(
         "data_kind": data.info["kind"],
         "data_format": data.info["format"],
         "learning_rate": settings.learning_rate,
-        "steps": int(result.global_step),
+        "steps": int(trainer.state.global_step),
         "epochs": round(float(trainer.state.epoch or 0.0), 4),
         "seq_len": settings.seq_len,
         "effective_batch_size": settings.batch_size * settings.grad_accum * trainer.args.world_size,

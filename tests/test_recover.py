@@ -71,9 +71,9 @@ def _folder_digest(folder: Path) -> dict[str, str]:
 
 @pytest.fixture
 def captured(monkeypatch) -> dict:
-    """Logits of the exact model object handed to export_plain, before it is written."""
+    """Logits of the exact model object handed to write_plain, before it is written."""
     seen: dict = {}
-    original = export_mod.export_plain
+    original = export_mod.write_plain
 
     def spy(model, *args, **kwargs):
         with torch.no_grad():
@@ -81,7 +81,7 @@ def captured(monkeypatch) -> dict:
         seen["model"] = model
         return original(model, *args, **kwargs)
 
-    monkeypatch.setattr(export_mod, "export_plain", spy)
+    monkeypatch.setattr(export_mod, "write_plain", spy)
     return seen
 
 
@@ -222,6 +222,30 @@ def test_instruction_rows_use_the_chat_template_and_mask_the_prompt(tmp_path):
     )
     assert answer.startswith("ok ") and answer.endswith("</s>") and "assistant" not in answer
     assert prepared.info["train_examples"] + prepared.info["eval_examples"] == 10
+
+
+def test_resuming_from_the_final_checkpoint_records_what_was_trained(tiny_run, text_file, tmp_path):
+    """A run killed after training, before its folder was written, resumes from the last checkpoint.
+
+    Would catch transformers' extra step past `max_steps` on such a resume (7 steps recorded for
+    6, a later epoch, an extra loss point) or a record that differs from an uninterrupted run's.
+    """
+    settings = _settings(text_file, mode="partial", max_steps=6, save_steps=3, logging_steps=1)
+    whole = recover(tiny_run, tmp_path / "whole", settings.model_copy(update={"keep_checkpoints": True}))
+    checkpoints = Path(f"{tmp_path / 'whole'}.checkpoints")
+    assert (checkpoints / "checkpoint-6" / "trainer_state.json").is_file()
+    resumed = recover(
+        tiny_run, tmp_path / "resumed", settings.model_copy(update={"checkpoint_dir": str(checkpoints)})
+    )
+    a, b = whole.stages["recover"], resumed.stages["recover"]
+    assert b["resumed_from"] == "checkpoint-6" and a["resumed_from"] is None
+    assert b["steps"] == a["steps"] == 6 and b["epochs"] == a["epochs"]
+    assert b["curve"]["train_loss"] == a["curve"]["train_loss"] and b["curve"]["train_loss"][-1][0] == 6
+    assert b["eval_loss_after"] == a["eval_loss_after"]
+    assert (
+        _folder_digest(tmp_path / "resumed")["model.safetensors"]
+        == _folder_digest(tmp_path / "whole")["model.safetensors"]
+    )
 
 
 def test_training_curve_summary_is_short_and_keeps_the_ends():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import importlib.metadata
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -150,13 +149,13 @@ def validate_report(report: dict[str, Any]) -> None:
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> Path:
-    """Write sorted, indented JSON (via a temporary file, so a reader never sees half a report)."""
+    """Write sorted, indented JSON in one rename, so a reader (or a kill) never leaves half a report;
+    temporary files of killed writers are removed (:func:`hubprune.rundir.atomic_write_text`)."""
+    from hubprune.rundir import atomic_write_text
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{time.time_ns()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
 def main_metric(metrics: dict[str, Any]) -> str:
