@@ -437,7 +437,7 @@ def _publish_remote(
         metadata=metadata,
         dry_run=dry_run,
     )
-    if not reachable:  # only a dry run gets here: say what could not be checked
+    if dry_run and not reachable:  # say what could not be checked
         result.unchecked = [check.format(repo=repo_id) for check in REMOTE_CHECKS]
         _print_dry_run(result, folder, None, create_pr)
         return result
