@@ -304,7 +304,9 @@ def publish(
     manifest = check_run_folder(folder)
     reachable = hub_reachable()
     if not reachable and not dry_run:
-        raise PublishError(f"{_unreachable()}; nothing was published (--dry-run shows what would be)")
+        raise PublishError(
+            f"publishing needs the Hub, but {_unreachable()}; nothing was published (--dry-run shows what would be)"
+        )
 
     card_path = folder / "README.md"
     card_text = (
@@ -350,7 +352,7 @@ def _unreachable() -> str:
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set, but publishing needs the Hub: unset it"
+        return "HF_HUB_OFFLINE is set"
     return f"the Hugging Face Hub ({constants.ENDPOINT}) is unreachable from here"
 
 
@@ -600,7 +602,7 @@ def _print_dry_run(result: PublishResult, folder: Path, exists: bool | None, cre
     print("card metadata:")
     print(yaml.safe_dump(result.metadata, sort_keys=False).rstrip())
     if exists is None:
-        print(f"not checked, because {_unreachable()} (run the dry run again with the Hub to check):")
+        print(f"not checked, because {_unreachable()} (run it again with the Hub to check):")
         for check in result.unchecked:
             print(f"  {check}")
         return

@@ -187,6 +187,26 @@ def test_republish_deletes_old_shards_listed_by_the_dry_run(hub_server, run_dir,
     assert torch.equal(logits_of(REPO), logits_of(run_dir))
 
 
+def test_local_files_skips_hidden_files_and_python_caches(tmp_path):
+    """Catches the upload list sending .git, editor files, .cache or __pycache__ (or dropping real files)."""
+    from hubprune.publish import local_files
+
+    for name in (
+        "config.json",
+        "eval/results.json",
+        ".gitattributes",
+        ".git/HEAD",
+        ".cache/huggingface/upload/x.lock",
+        "eval/.results.json.swp",
+        "__pycache__/modeling.cpython-311.pyc",
+        "remote/__pycache__/x.pyc",
+        "remote/modeling_x.py",
+    ):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert local_files(tmp_path) == ["config.json", "eval/results.json", "remote/modeling_x.py"]
+
+
 def test_create_pr_leaves_main_untouched(hub_server, run_dir, token):
     """Catches --create-pr writing to main: the PR holds the new content, main keeps the old."""
     publish(run_dir, REPO, private=False)
@@ -285,8 +305,8 @@ def test_publish_without_the_hub_fails_fast_and_touches_nothing(run_dir, unreach
     elapsed = time.monotonic() - start
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.splitlines() == [
-        f"hubprune: error: the Hugging Face Hub ({unreachable_endpoint}) is unreachable from here; "
-        "nothing was published (--dry-run shows what would be)"
+        f"hubprune: error: publishing needs the Hub, but the Hugging Face Hub ({unreachable_endpoint}) is "
+        "unreachable from here; nothing was published (--dry-run shows what would be)"
     ]
     assert elapsed < 5, f"took {elapsed:.1f} s"
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
