@@ -2,7 +2,8 @@
 
 Order of work, so that a failure leaves nothing half-published:
 
-1. check the arguments and the run folder (no network);
+1. check the arguments and the run folder (no network), then that the Hub answers (one quick TCP
+   probe: an unreachable Hub fails in seconds; a dry run goes on and says what it could not check);
 2. render the card for the target repo and validate everything locally: the folder reloads
    with transformers, one forward pass gives finite logits, the card's metadata parses and
    names a Hub id (never a local path) as ``base_model``;
