@@ -32,6 +32,10 @@ _BASE_PATTERNS = [
     "README.md",
 ]
 LICENSE_PATTERNS = ("LICENSE*", "NOTICE*", "USE_POLICY*", "Notice*", "LICENCE*")
+#: What to use instead of a Hub model when the Hub cannot be reached.
+OFFLINE_MODEL_ALTERNATIVES = (
+    "use the bundled offline:smollm2-135m-instruct, a local model folder or a .gguf file instead"
+)
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class Pulled:
     local_dir: Path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _endpoint_reachable(endpoint: str, offline_mode: bool) -> bool:
     if offline_mode:
         return False
@@ -71,7 +75,9 @@ def hub_reachable() -> bool:
 def require_hub(what: str, alternative: str) -> None:
     """Raise :class:`HubUnreachableError` naming `what` needed the Hub and the offline `alternative`."""
     if not hub_reachable():
-        raise HubUnreachableError(f"{what} needs the Hugging Face Hub, which is unreachable from here; {alternative}")
+        raise HubUnreachableError(
+            f"{what} needs the Hugging Face Hub, which is unreachable from here; {alternative}"
+        )
 
 
 def validate_repo_id(repo_id: str) -> None:
@@ -81,10 +87,10 @@ def validate_repo_id(repo_id: str) -> None:
 
     try:
         _validate(repo_id)
-    except HFValidationError:
+    except HFValidationError as err:
         raise SourceError(
             f"'{repo_id}' is not a valid Hub repo id (expected owner/name with letters, digits, '-', '_', '.')"
-        ) from None
+        ) from err
 
 
 def pull(
@@ -93,7 +99,9 @@ def pull(
     """Download a model repo's config, tokenizer, license files and weights.
 
     Only `*.safetensors` weights are fetched unless `allow_pickle` (pickled `.bin` files can run
-    code when loaded). The commit sha is the snapshot folder's name.
+    code when loaded). The commit sha is the snapshot folder's name. With the Hub unreachable, a
+    snapshot already in the local cache is used as is; otherwise the error comes in seconds and
+    names the offline alternatives, instead of after the client's retries.
     """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -109,23 +117,32 @@ def pull(
     where = f"{repo_id}@{revision}" if revision else repo_id
     try:
         path = Path(
-            snapshot_download(repo_id, revision=revision, allow_patterns=patterns, cache_dir=cache_dir)
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=patterns,
+                cache_dir=cache_dir,
+                local_files_only=not hub_reachable(),
+            )
         )
-    except GatedRepoError:
-        raise SourceError(f"{where} is gated: accept its terms on the Hub and set HF_TOKEN") from None
-    except RepositoryNotFoundError:
+    except GatedRepoError as err:
+        raise SourceError(f"{where} is gated: accept its terms on the Hub and set HF_TOKEN") from err
+    except RepositoryNotFoundError as err:
         raise SourceError(
             f"model repo {repo_id} was not found on the Hub (or it is private and no valid token is set)"
-        ) from None
-    except RevisionNotFoundError:
-        raise SourceError(f"revision '{revision}' does not exist in {repo_id}") from None
-    except LocalEntryNotFoundError:
-        raise SourceError(
-            f"cannot download {where}: the Hub is unreachable and it is not in the local cache"
-        ) from None
+        ) from err
+    except RevisionNotFoundError as err:
+        raise SourceError(f"revision '{revision}' does not exist in {repo_id}") from err
+    except LocalEntryNotFoundError as err:
+        from huggingface_hub import constants
+
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hugging Face Hub is unreachable"
+        raise HubUnreachableError(
+            f"{where} is not in the local cache and {why}; {OFFLINE_MODEL_ALTERNATIVES}"
+        ) from err
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else "?"
-        raise SourceError(f"the Hub refused to serve {where} (HTTP {status})") from None
+        raise SourceError(f"the Hub refused to serve {where} (HTTP {status})") from err
     has_weights = any(path.glob("*.safetensors")) or (allow_pickle and any(path.glob("*.bin")))
     if not has_weights:
         hint = "" if allow_pickle else " (pickled .bin weights are only fetched with --allow-pickle)"

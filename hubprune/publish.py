@@ -2,7 +2,8 @@
 
 Order of work, so that a failure leaves nothing half-published:
 
-1. check the arguments and the run folder (no network);
+1. check the arguments and the run folder (no network), then that the Hub answers (one quick TCP
+   probe: an unreachable Hub fails in seconds; a dry run goes on and says what it could not check);
 2. render the card for the target repo and validate everything locally: the folder reloads
    with transformers, one forward pass gives finite logits, the card's metadata parses and
    names a Hub id (never a local path) as ``base_model``;
@@ -24,9 +25,8 @@ logged or written, and it is scrubbed from every error message this module build
 
 from __future__ import annotations
 
-import fnmatch
+import glob
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,9 +49,16 @@ DELETE_PATTERNS = [
     "search_trace.svg",
     "eval/*",
 ]
-# Never uploaded: hidden files and folders (.git, .cache, editor files) and Python caches.
+# Never uploaded: hidden files and folders (.git, .cache, editor files) and Python caches. Matched with
+# huggingface_hub's filter_repo_objects, as upload_folder does (which also adds its own .git patterns).
 IGNORE_PATTERNS = [".*", "*/.*", "**/.*", "__pycache__/*", "**/__pycache__/*"]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# What a dry run cannot tell without the Hub.
+REMOTE_CHECKS = (
+    "whether {repo} exists, and its visibility",
+    "which of its files would be deleted (weights and generated files the folder no longer has)",
+    "the Hub's validation of the card metadata",
+)
 
 
 @dataclass
@@ -60,17 +67,38 @@ class PublishResult:
 
     repo_id: str
     revision: str
+    private: bool
     files: list[str]
     deleted: list[str]
     commit_message: str
     commit_description: str
     metadata: dict[str, Any] = field(default_factory=dict)
     dry_run: bool = False
+    unchecked: list[str] = field(default_factory=list)  # remote checks a dry run could not make (no Hub)
     commit_url: str | None = None
     commit_sha: str | None = None
     pr_url: str | None = None
     repo_url: str | None = None
     unchanged: bool = False  # the target already held exactly these files: no commit was made
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready record for the manifest and logs: Hub ids, URLs and repo paths only, so it
+        never holds a token or a local path."""
+        return {
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+            "visibility": "private" if self.private else "public",
+            "dry_run": self.dry_run,
+            "commit_sha": self.commit_sha,
+            "commit_url": self.commit_url,
+            "pr_url": self.pr_url,
+            "repo_url": self.repo_url,
+            "unchanged": self.unchanged,
+            "commit_message": self.commit_message,
+            "files_uploaded": list(self.files),
+            "files_deleted": list(self.deleted),
+            "remote_checks_skipped": list(self.unchecked),
+        }
 
 
 def _say(message: str) -> None:
@@ -85,29 +113,21 @@ def _scrub(text: str, token: str | None) -> str:
 # -- what goes up ------------------------------------------------------------------------------------
 
 
-def _ignored(relpath: str) -> bool:
-    parts = relpath.split("/")
-    return any(p.startswith(".") for p in parts) or "__pycache__" in parts
-
-
 def local_files(run_dir: Path) -> list[str]:
-    """Relative paths of the files `upload_folder` will send (hidden files and caches excluded)."""
-    out = []
-    for path in sorted(run_dir.rglob("*")):
-        rel = path.relative_to(run_dir).as_posix()
-        if path.is_file() and not _ignored(rel):
-            out.append(rel)
-    return out
+    """Relative paths of the files `upload_folder` will send: the same listing and the same filter it uses."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    paths = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
+    return list(filter_repo_objects(paths, ignore_patterns=IGNORE_PATTERNS))
 
 
 def stale_files(remote: list[str], local: list[str]) -> list[str]:
-    """Remote files matching DELETE_PATTERNS that the local folder no longer has."""
-    keep = set(local)
-    return sorted(
-        p
-        for p in remote
-        if p not in keep and p != ".gitattributes" and any(fnmatch.fnmatch(p, pat) for pat in DELETE_PATTERNS)
-    )
+    """Remote files matching DELETE_PATTERNS that the local folder no longer has (never .gitattributes):
+    exactly what the upload deletes, so a dry run shows it."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    keep = {*local, ".gitattributes"}
+    return sorted(p for p in filter_repo_objects(remote, allow_patterns=DELETE_PATTERNS) if p not in keep)
 
 
 def default_commit_message(manifest: Manifest) -> str:
@@ -175,9 +195,7 @@ def check_run_folder(run_dir: Path) -> Manifest:
     try:
         return Manifest.load(run_dir)
     except (ValueError, KeyError, TypeError) as err:
-        raise PublishError(
-            f"{run_dir}/{MANIFEST_NAME} cannot be read ({type(err).__name__}: {err})"
-        ) from None
+        raise PublishError(f"{run_dir}/{MANIFEST_NAME} cannot be read ({type(err).__name__}: {err})") from err
 
 
 def validate_model(run_dir: Path, manifest: Manifest) -> None:
@@ -203,7 +221,7 @@ def validate_model(run_dir: Path, manifest: Manifest) -> None:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         raise PublishError(
             f"the model in {run_dir} does not load with transformers ({type(err).__name__}: {first}); nothing was uploaded"
-        ) from None
+        ) from err
     if not torch.isfinite(logits).all():
         raise PublishError(f"the model in {run_dir} produces non-finite logits; nothing was uploaded")
     expected = manifest.model_after.get("num_blocks")
@@ -223,9 +241,7 @@ def validate_card_text(text: str) -> dict[str, Any]:
     try:
         data = ModelCard(text).data.to_dict()
     except Exception as err:
-        raise PublishError(
-            f"the model card's metadata does not parse ({type(err).__name__}: {err})"
-        ) from None
+        raise PublishError(f"the model card's metadata does not parse ({type(err).__name__}: {err})") from err
     base = data.get("base_model")
     if isinstance(base, str) and (base.startswith((".", "/", "~")) or Path(base).exists()):
         raise PublishError(f"the card's base_model '{base}' is a local path, not a Hub model id")
@@ -257,18 +273,20 @@ def publish(
         revision: a branch to publish to (created from main if missing) or `refs/pr/N`.
         create_pr: open a pull request against main instead of committing to it.
         commit_message: the commit's title; default says what was cut.
-        dry_run: print what would be uploaded and deleted and the card metadata; change nothing.
+        dry_run: print what would be uploaded and deleted, the card metadata and the commit; change
+            nothing. Without the Hub it still works, and says which remote checks it could not make.
         token: a Hub token; default: what huggingface_hub resolves (HF_TOKEN, login, OIDC).
 
     Returns:
         PublishResult with the commit URL (and PR URL).
 
     Raises:
-        PublishError: bad arguments, a folder that does not load, a card the Hub rejects, a
-        refused token, a repo changed under us, a dropped connection. Nothing is left half-published.
+        PublishError: bad arguments, a folder that does not load, an unreachable Hub (in seconds, before
+        the model is loaded), a card the Hub rejects, a refused token, a repo changed under us, a
+        dropped connection. Nothing is left half-published.
     """
     from hubprune.card import is_generated, render_card_text
-    from hubprune.hub import validate_repo_id
+    from hubprune.hub import hub_reachable, validate_repo_id
 
     folder = Path(run_dir)
     if not isinstance(private, bool):
@@ -281,10 +299,15 @@ def publish(
     try:
         validate_repo_id(repo_id)
     except HubpruneError as err:
-        raise PublishError(str(err)) from None
+        raise PublishError(str(err)) from err
     if "/" not in repo_id:
         raise PublishError(f"'{repo_id}' must name its owner: owner/name")
     manifest = check_run_folder(folder)
+    reachable = hub_reachable()
+    if not reachable and not dry_run:
+        raise PublishError(
+            f"publishing needs the Hub, but {_unreachable()}; nothing was published (--dry-run shows what would be)"
+        )
 
     card_path = folder / "README.md"
     card_text = (
@@ -299,9 +322,8 @@ def publish(
     message = commit_message or default_commit_message(manifest)
     description = commit_description(manifest)
     branch = revision or "main"
-    files = local_files(folder)
-    if not card_path.exists():
-        files = sorted([*files, "README.md"])
+    rewrite_card = not card_path.exists() or is_generated(card_path)
+    files = _files_after_render(local_files(folder), manifest) if rewrite_card else local_files(folder)
 
     try:
         return _publish_remote(
@@ -314,14 +336,35 @@ def publish(
             message=message,
             description=description,
             card_text=card_text,
-            rewrite_card=not card_path.exists() or is_generated(card_path),
+            rewrite_card=rewrite_card,
             metadata=metadata,
             files=files,
             dry_run=dry_run,
+            reachable=reachable,
             token=token,
         )
     except PublishError as err:
-        raise PublishError(_scrub(str(err), token or _resolved_token())) from None
+        err.args = (_scrub(str(err), token or _resolved_token()),)  # keeps the cause chain for HUBPRUNE_DEBUG
+        raise
+
+
+def _unreachable() -> str:
+    """Why the Hub cannot be used: HF_HUB_OFFLINE, or the endpoint does not answer."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    return f"the Hugging Face Hub ({constants.ENDPOINT}) is unreachable from here"
+
+
+def _files_after_render(files: list[str], manifest: Manifest) -> list[str]:
+    """`files` as they will be once the card is rendered for upload: README.md and the pictures it
+    links added, a stale trace plot removed (so a dry run lists what the real publish sends)."""
+    from hubprune.layer_map import pictures
+
+    drawn = pictures(manifest.plan, int(manifest.model_before["num_blocks"]))
+    gone = {name for name, svg in drawn.items() if svg is None}
+    return sorted({*files, "README.md", *(name for name, svg in drawn.items() if svg)} - gone)
 
 
 def _resolved_token() -> str | None:
@@ -370,13 +413,13 @@ def _publish_remote(
     metadata: dict[str, Any],
     files: list[str],
     dry_run: bool,
+    reachable: bool,
     token: str | None,
 ) -> PublishResult:
     from huggingface_hub import HfApi, ModelCard
     from huggingface_hub.errors import (
         HfHubHTTPError,
         LocalTokenNotFoundError,
-        OfflineModeIsEnabled,
         OIDCError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -389,6 +432,7 @@ def _publish_remote(
     result = PublishResult(
         repo_id=repo_id,
         revision=branch,
+        private=private,
         files=files,
         deleted=[],
         commit_message=message,
@@ -396,6 +440,10 @@ def _publish_remote(
         metadata=metadata,
         dry_run=dry_run,
     )
+    if dry_run and not reachable:  # say what could not be checked
+        result.unchecked = [check.format(repo=repo_id) for check in REMOTE_CHECKS]
+        _print_dry_run(result, folder, None, create_pr)
+        return result
     try:
         # What is there now: existing files (for the stale-shard deletions) and the head to pin.
         exists, branch_missing, head, remote_files = True, False, None, []
@@ -416,12 +464,11 @@ def _publish_remote(
             exists = False
         result.deleted = stale_files(remote_files, files)
 
+        # The Hub checks the card's YAML before anything is created or uploaded (a dry run too).
+        ModelCard(card_text).validate(repo_type="model")
         if dry_run:
             _print_dry_run(result, folder, exists, create_pr)
             return result
-
-        # The Hub checks the card's YAML before anything is created or uploaded.
-        ModelCard(card_text).validate(repo_type="model")
 
         if not exists:
             _say(f"creating {'private' if private else 'public'} repo {repo_id}")
@@ -435,7 +482,10 @@ def _publish_remote(
 
         if rewrite_card:
             render_card(folder, repo_id=repo_id)  # the card checked above, and the pictures it links
-        _say(f"uploading {len(files)} files to {where}" + (" as a pull request" if create_pr else ""))
+            # What upload_folder sends and deletes now, exactly (the head is pinned, so remote_files holds).
+            result.files = local_files(folder)
+            result.deleted = stale_files(remote_files, result.files)
+        _say(f"uploading {len(result.files)} files to {where}" + (" as a pull request" if create_pr else ""))
         info = api.upload_folder(
             repo_id=repo_id,
             folder_path=folder,
@@ -444,33 +494,36 @@ def _publish_remote(
             create_pr=create_pr,
             commit_message=message,
             commit_description=description,
-            ignore_patterns=IGNORE_PATTERNS,
-            delete_patterns=DELETE_PATTERNS,
+            ignore_patterns=list(IGNORE_PATTERNS),  # a copy: upload_folder appends its own to the list
+            delete_patterns=[glob.escape(name) for name in result.deleted] or None,
             parent_commit=head,
         )
     except PublishError:
         raise
     except (LocalTokenNotFoundError, OIDCError) as err:
-        raise PublishError(f"no usable Hub token: {err}") from None
-    except OfflineModeIsEnabled:
-        raise PublishError("HF_HUB_OFFLINE is set, but publishing needs the Hub: unset it") from None
+        raise PublishError(f"no usable Hub token: {err}") from err
     except HfHubHTTPError as err:
-        raise PublishError(_http_message(err, repo_id, where)) from None
+        raise PublishError(_http_message(err, repo_id, where)) from err
     except ValueError as err:  # the Hub's YAML validation (before anything is uploaded)
         raise PublishError(
             f"the Hub rejected the model card metadata, nothing was published: {_yaml_errors(str(err))}"
-        ) from None
+        ) from err
     except (RuntimeError, *_transport_errors()) as err:
         # huggingface_hub wraps a failed LFS transfer in RuntimeError("Error while uploading ...").
         cause = _find_cause(err, (HfHubHTTPError, *_transport_errors()))
         if isinstance(cause, HfHubHTTPError):
-            raise PublishError(_http_message(cause, repo_id, where)) from None
+            raise PublishError(_http_message(cause, repo_id, where)) from err
         if cause is None:
             raise
+        if dry_run:
+            raise PublishError(
+                f"the connection to the Hub dropped while the dry run checked {where} ({type(cause).__name__}); "
+                "nothing was changed"
+            ) from err
         raise PublishError(
             f"the connection to the Hub dropped while publishing {where} ({type(cause).__name__}); "
             "nothing was committed: run the same command again to finish (uploaded files are not sent twice)"
-        ) from None
+        ) from err
 
     result.commit_url = info.commit_url
     result.commit_sha = info.oid
@@ -524,23 +577,37 @@ def _http_message(err: Any, repo_id: str, where: str) -> str:
     return f"the Hub refused to publish {where} (HTTP {status}){detail}; nothing was committed"
 
 
-def _print_dry_run(result: PublishResult, folder: Path, exists: bool, create_pr: bool) -> None:
-    """What would be uploaded and deleted, and the card metadata; nothing is sent."""
+def _print_dry_run(result: PublishResult, folder: Path, exists: bool | None, create_pr: bool) -> None:
+    """What would be uploaded and deleted, the commit and the card metadata, and what was checked on
+    the Hub (`exists` is None when the Hub could not be asked); nothing is sent."""
     import yaml
 
-    out = sys.stdout
+    visibility = "private" if result.private else "public"
     target = f"{result.repo_id}@{result.revision}" + (" (pull request)" if create_pr else "")
-    print(f"dry run: would publish {folder} to {target}" + ("" if exists else " (new repo)"), file=out)
-    print(f"commit message: {result.commit_message}", file=out)
-    print("commit description:", file=out)
+    print(f"dry run: would publish {folder} to {target}" + (" (new repo)" if exists is False else ""))
+    print(f"commit message: {result.commit_message}")
+    print("commit description:")
     for line in result.commit_description.splitlines():
-        print(f"  {line}", file=out)
-    print(f"upload ({len(result.files)} files):", file=out)
+        print(f"  {line}")
+    print(f"upload ({len(result.files)} files):")
     for name in result.files:
-        size = (folder / name).stat().st_size if (folder / name).exists() else 0
-        print(f"  {name}  {size:,} bytes", file=out)
-    print(f"delete ({len(result.deleted)} stale files):", file=out)
-    for name in result.deleted:
-        print(f"  {name}", file=out)
-    print("card metadata:", file=out)
-    print(yaml.safe_dump(result.metadata, sort_keys=False).rstrip(), file=out)
+        path = folder / name
+        print(
+            f"  {name}  "
+            + (f"{path.stat().st_size:,} bytes" if path.exists() else "(rendered when publishing)")
+        )
+    if exists is not None:
+        print(f"delete ({len(result.deleted)} stale files):")
+        for name in result.deleted:
+            print(f"  {name}")
+    print("card metadata:")
+    print(yaml.safe_dump(result.metadata, sort_keys=False).rstrip())
+    if exists is None:
+        print(f"not checked, because {_unreachable()} (run it again with the Hub to check):")
+        for check in result.unchecked:
+            print(f"  {check}")
+        return
+    print("checked on the Hub:")
+    state = f"exists, {visibility}" if exists else f"does not exist yet; it would be created {visibility}"
+    print(f"  {result.repo_id} {state}")
+    print("  the card metadata passes the Hub's validation")

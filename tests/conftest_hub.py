@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -81,3 +82,12 @@ def hub_server() -> Iterator[HubServer]:
     errors, HUB.errors = HUB.errors, []
     if errors:
         pytest.fail("the fake Hub failed while serving this test:\n" + "\n".join(errors))
+
+
+@pytest.fixture
+def unreachable_endpoint() -> str:
+    """An ``HF_ENDPOINT`` where nothing listens (a loopback port just released): a Hub that cannot be reached."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -181,3 +182,27 @@ def test_local_pickle_weights_need_allow_pickle(tmp_path, capsys):
     assert main(argv) == 1
     assert "--allow-pickle" in capsys.readouterr().err
     assert main([*argv, "--allow-pickle"]) == 0
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_hubprune_debug_shows_the_cause_chain(hub_server, debug):
+    """Catches HUBPRUNE_DEBUG=1 hiding the library error behind hubprune's (`from None`), or a normal
+    run printing more than the one-line message."""
+    env = {**os.environ, "HUBPRUNE_DEBUG": "1" if debug else ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "hubprune", "pull", "acme/does-not-exist"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    if debug:
+        assert "huggingface_hub.errors.RepositoryNotFoundError" in result.stderr
+        assert "The above exception was the direct cause of the following exception" in result.stderr
+        assert result.stderr.rstrip().splitlines()[-1].startswith("hubprune.errors.SourceError: model repo")
+    else:
+        assert result.stderr.splitlines() == [
+            "hubprune: error: model repo acme/does-not-exist was not found on the Hub "
+            "(or it is private and no valid token is set)"
+        ]

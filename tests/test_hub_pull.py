@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 from huggingface_hub import HfApi
 
@@ -61,3 +66,40 @@ def test_unknown_repo_and_revision(tiny_repo, spec, message, tmp_path, capsys):
     assert main(["prune", spec, "--method", "random", "--amount", "1", "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"hubprune: error: {err[0].removeprefix('hubprune: error: ')}"] and message in err[0]
+
+
+def run_cli(*argv: str, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    """`python -m hubprune ARGV` with extra environment; returns the process and the seconds it took."""
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "hubprune", *argv],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return proc, time.monotonic() - start
+
+
+def test_unreachable_hub_fails_fast_naming_the_offline_alternatives(unreachable_endpoint):
+    """Catches a model that is not cached and a Hub that cannot be reached ending in a minute of retries,
+    a traceback, or an error that does not say what to use instead."""
+    proc, elapsed = run_cli("pull", "owner/name", HF_ENDPOINT=unreachable_endpoint)
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hubprune: error: owner/name is not in the local cache")
+    assert (
+        "offline:smollm2-135m-instruct" in lines[0]
+        and "local model folder" in lines[0]
+        and ".gguf" in lines[0]
+    )
+    assert elapsed < 5, f"took {elapsed:.1f} s"
+
+
+def test_cached_snapshot_is_used_when_the_hub_is_unreachable(tiny_repo, unreachable_endpoint):
+    """Catches the unreachable-Hub error hiding a model that is already in the local cache."""
+    repo_id, sha = tiny_repo
+    pull(repo_id)  # into the local cache, from the loopback Hub
+    proc, elapsed = run_cli("pull", repo_id, HF_ENDPOINT=unreachable_endpoint)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith(f"(commit {sha})") and elapsed < 5

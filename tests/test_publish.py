@@ -2,8 +2,13 @@
 huggingface_hub and transformers clients: full cycle, re-publish, branches and PRs, every failure
 the issue lists, and the token never leaking."""
 
+import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -156,6 +161,52 @@ def test_republish_with_other_shard_count_leaves_no_stale_shard(hub_server, run_
     assert repo.commits[third.commit_sha].parent == second.commit_sha  # one commit per publish
 
 
+def test_republish_deletes_old_shards_listed_by_the_dry_run(hub_server, run_dir, token, capsys):
+    """Catches a stale-shard list that is wrong or empty: 2 shards then 1 file under another name; the dry
+    run lists exactly the old shards and their index for deletion, and the real publish removes them."""
+    two = reshard(run_dir, "250KB")
+    assert two == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ]
+    publish(run_dir, REPO, private=False)
+    assert remote_weights(hub_server) == two
+
+    assert reshard(run_dir, "2GB") == ["model.safetensors"]
+    capsys.readouterr()
+    dry = publish(run_dir, REPO, private=False, dry_run=True)
+    out = capsys.readouterr().out
+    listed = out.split("delete (3 stale files):\n", 1)[1].split("card metadata:", 1)[0].split()
+    assert dry.deleted == two and listed == two
+    assert remote_weights(hub_server) == two  # the dry run deleted nothing
+
+    real = publish(run_dir, REPO, private=False)
+    assert real.deleted == two
+    assert remote_weights(hub_server) == ["model.safetensors"]
+    assert torch.equal(logits_of(REPO), logits_of(run_dir))
+
+
+def test_local_files_skips_hidden_files_and_python_caches(tmp_path):
+    """Catches the upload list sending .git, editor files, .cache or __pycache__ (or dropping real files)."""
+    from hubprune.publish import local_files
+
+    for name in (
+        "config.json",
+        "eval/results.json",
+        ".gitattributes",
+        ".git/HEAD",
+        ".cache/huggingface/upload/x.lock",
+        "eval/.results.json.swp",
+        "__pycache__/modeling.cpython-311.pyc",
+        "remote/__pycache__/x.pyc",
+        "remote/modeling_x.py",
+    ):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert local_files(tmp_path) == ["config.json", "eval/results.json", "remote/modeling_x.py"]
+
+
 def test_create_pr_leaves_main_untouched(hub_server, run_dir, token):
     """Catches --create-pr writing to main: the PR holds the new content, main keeps the old."""
     publish(run_dir, REPO, private=False)
@@ -187,15 +238,105 @@ def test_revision_publishes_to_a_new_branch(hub_server, run_dir, token):
 
 def test_dry_run_changes_nothing(hub_server, run_dir, token, capsys):
     """Catches a dry run that creates, uploads or writes anything (on the Hub or in the run folder);
-    it must list the files it would upload and the card metadata."""
+    it must list the files it would upload and the card metadata, and report the remote checks it made
+    (the only POST allowed is the Hub's read-only YAML validation)."""
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     result = publish(run_dir, REPO, private=True, dry_run=True)
     out = capsys.readouterr().out
-    assert result.dry_run and result.commit_url is None
-    assert not any(method in ("POST", "PUT") for method, _ in hub_server.requests)
+    assert result.dry_run and result.commit_url is None and result.unchecked == []
+    writes = [(m, path) for m, path in hub_server.requests if m in ("POST", "PUT")]
+    assert writes == [("POST", "/api/validate-yaml")]
     assert not hub_server.repos
     assert "model.safetensors" in out and "base_model: test-org/tiny-llama" in out and "(new repo)" in out
+    assert f"{REPO} does not exist yet; it would be created private" in out
+    assert "the card metadata passes the Hub's validation" in out and "not checked" not in out
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_dry_run_reports_a_card_the_hub_rejects(hub_server, run_dir, token):
+    """Catches a dry run that approves a card the real publish would fail on."""
+    hub_server.reject_yaml = '"license" must be a valid license id'
+    with pytest.raises(PublishError, match="rejected the model card metadata"):
+        publish(run_dir, REPO, private=True, dry_run=True)
+    assert not hub_server.repos
+
+
+def test_dry_run_without_the_hub_lists_everything_and_what_it_could_not_check(
+    hub_server, run_dir, unreachable_endpoint, monkeypatch, capsys
+):
+    """Catches an offline dry run that fails (or claims a dropped connection) instead of showing the
+    files, the commit and the card, and saying which remote checks it skipped."""
+    from huggingface_hub import constants
+
+    from hubprune.cli import main
+
+    monkeypatch.setattr(constants, "ENDPOINT", unreachable_endpoint)
+    assert main(["publish", str(run_dir), "--repo", "me/x", "--public", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert hub_server.requests == [] and captured.err == ""
+    out = captured.out
+    assert "dry run: would publish" in out and "me/x@main" in out
+    assert "commit message: Prune test-org/tiny-llama: remove 1 of 4 blocks with reverse-order" in out
+    assert "Published with hubprune" in out  # the commit description
+    assert "  model.safetensors  " in out and "  hubprune.json  " in out and "  README.md  " in out
+    assert "base_model: test-org/tiny-llama" in out
+    skipped = out.split(f"the Hugging Face Hub ({unreachable_endpoint}) is unreachable from here", 1)[1]
+    assert [line.strip() for line in skipped.splitlines()[1:4]] == [
+        "whether me/x exists, and its visibility",
+        "which of its files would be deleted (weights and generated files the folder no longer has)",
+        "the Hub's validation of the card metadata",
+    ]
+    assert "checked on the Hub" not in out and "dropped" not in out
+
+
+def test_publish_without_the_hub_fails_fast_and_touches_nothing(run_dir, unreachable_endpoint):
+    """Catches a real publish that spends a minute in retries, or reloads the model and re-renders the
+    card, before finding that the Hub is unreachable: one line in seconds, the folder unchanged."""
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    env = {**os.environ, "HF_ENDPOINT": unreachable_endpoint, "HF_TOKEN": HUB_TOKEN}
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "hubprune", "publish", str(run_dir), "--repo", REPO, "--public"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"hubprune: error: publishing needs the Hub, but the Hugging Face Hub ({unreachable_endpoint}) is "
+        "unreachable from here; nothing was published (--dry-run shows what would be)"
+    ]
+    assert elapsed < 5, f"took {elapsed:.1f} s"
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_result_to_dict_is_plain_json_without_token_or_local_path(hub_server, run_dir, token):
+    """Catches a publish record (for hubprune.json) that misses the commit or visibility, cannot be
+    serialised, or carries the token or a local path."""
+    dry = publish(run_dir, REPO, private=True, dry_run=True).to_dict()
+    assert dry["dry_run"] is True and dry["commit_sha"] is None and dry["visibility"] == "private"
+    result = publish(run_dir, REPO, private=True)
+    record = json.loads(json.dumps(result.to_dict()))
+    assert record == {
+        "repo_id": REPO,
+        "revision": "main",
+        "visibility": "private",
+        "dry_run": False,
+        "commit_sha": head(hub_server),
+        "commit_url": result.commit_url,
+        "pr_url": None,
+        "repo_url": result.repo_url,
+        "unchanged": False,
+        "commit_message": hub_server.repo(REPO).commits[head(hub_server)].summary,
+        "files_uploaded": sorted(set(hub_server.files(REPO)) - {".gitattributes"}),
+        "files_deleted": [],
+        "remote_checks_skipped": [],
+    }
+    assert record["commit_url"].endswith(record["commit_sha"]) and record["repo_url"].endswith(REPO)
+    text = json.dumps(record)
+    assert HUB_TOKEN not in text and str(run_dir) not in text and str(run_dir.parent) not in text
 
 
 # -- failures: each one a clear error, nothing half-published --------------------------------------------

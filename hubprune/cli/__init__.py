@@ -2,8 +2,9 @@
 
 Verb modules are imported only when their verb runs... except for building `--help`, which
 imports them all; none of them imports torch at module level, so `hubprune --help` is instant.
-Errors a user can fix (`HubpruneError`) print one sentence and exit 1; anything else is a bug
-and keeps its traceback. `HUBPRUNE_DEBUG=1` shows the traceback in every case.
+Errors a user can fix (`HubpruneError`) print one sentence and exit 1, and nothing else; anything
+else is a bug and keeps its traceback. `HUBPRUNE_DEBUG=1` re-raises in every case, so the traceback
+shows the whole cause chain (hubprune's errors are raised `from` the library error behind them).
 """
 
 from __future__ import annotations
@@ -40,11 +41,17 @@ def _error_message(err: BaseException) -> str | None:
     from hubprune.errors import HubpruneError
 
     if isinstance(err, HubpruneError):
-        return str(err)
+        return " ".join(str(err).split())  # one line, even when it quotes a multi-line library message
     return None
 
 
+def _debugging() -> bool:
+    """Whether HUBPRUNE_DEBUG asks for tracebacks (set, and not "0")."""
+    return os.environ.get("HUBPRUNE_DEBUG", "") not in ("", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb; returns the exit status (1 with one `hubprune: error:` line for a user mistake)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -54,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as err:
         message = _error_message(err)
-        if message is None or os.environ.get("HUBPRUNE_DEBUG"):
+        if message is None or _debugging():
             raise
         print(f"hubprune: error: {message}", file=sys.stderr)
         return 1

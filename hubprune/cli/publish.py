@@ -42,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the files that would be uploaded and deleted and the card metadata; change nothing",
+        help="print the files that would be uploaded and deleted, the commit and the card metadata, and what "
+        "was checked on the Hub; change nothing (works offline, saying which remote checks it skipped)",
     )
     parser.set_defaults(run=run)
 
