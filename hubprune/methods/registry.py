@@ -51,8 +51,9 @@ class MethodSpec:
         accepted = {f.name for f in fields(self.params_cls)}
         unknown = sorted(set(values) - accepted)
         if unknown:
+            named = "', '".join(unknown)
             raise RecipeError(
-                f"method '{self.name}' has no parameter '{unknown[0]}'; its parameters: {', '.join(sorted(accepted)) or 'none'}"
+                f"method '{self.name}' has no parameter '{named}'; its parameters: {', '.join(sorted(accepted)) or 'none'}"
             )
         return self.params_cls(**values)
 
