@@ -305,7 +305,7 @@ class PublishSection(_Section):
         try:
             validate_repo_id(value)
         except HFValidationError as err:
-            raise ValueError(str(err)) from None
+            raise ValueError(str(err)) from err
         return value
 
 
@@ -449,7 +449,7 @@ def validate_model(model: type[BaseModel], data: Any, what: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise RecipeError(format_validation_error(err, model, what)) from None
+        raise RecipeError(format_validation_error(err, model, what)) from err
 
 
 def recovery_settings(**values: Any) -> RecoverySettings:
@@ -467,7 +467,7 @@ def parse_yaml(text: str, source_name: str = "recipe") -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err)
-        raise RecipeError(f"{source_name} is not valid YAML{where}: {problem}") from None
+        raise RecipeError(f"{source_name} is not valid YAML{where}: {problem}") from err
     if not isinstance(data, dict):
         raise RecipeError(f"{source_name} must be a YAML mapping with at least `out`, `source` and `prune`")
     return data
