@@ -14,12 +14,12 @@ from typing import Any
 
 from hubprune import data as data_mod
 from hubprune.arch import ArchAdapter, adapter_for
+from hubprune.cost import model_cost
 from hubprune.data import CalibrationBatch
 from hubprune.errors import RecipeError
 from hubprune.export import DEFAULT_MAX_SHARD_SIZE, export_plain, prepare_out_dir
 from hubprune.methods import Budget, MethodContext, get_method
 from hubprune.plan import Manifest, Plan
-from hubprune.size import model_stats
 from hubprune.source import ResolvedSource, load_model, resolve_source
 from hubprune.surgery import apply_plan
 
@@ -160,7 +160,7 @@ def prune(
 
         check_compact_supported(config, family)
     loaded = load(source, resolved)
-    before = model_stats(loaded.model, loaded.adapter)
+    before = model_cost(loaded.model, adapter=loaded.adapter)
     start = time.perf_counter()
     plan = score(
         loaded, method, budget, calibration=calibration, method_params=method_params, batch_size=batch_size
@@ -207,12 +207,11 @@ def _apply_and_export(
         from hubprune.export_compact import export_compact
 
         apply_plan(model, adapter, plan, sublayers="remove")
-        attn_left = adapter.num_blocks(model) - sum(1 for u in sublayer_units if u.kind == "attn")
-        after = model_stats(model, adapter, attention_layers=attn_left)
+        after = model_cost(model, adapter=adapter)  # removed attention: fewer cached layers
         export = export_compact(model, adapter, loaded.tokenizer, out_dir, **where)
     else:
         apply_plan(model, adapter, plan, sublayers="zero")
-        after = model_stats(model, adapter)
+        after = model_cost(model, adapter=adapter)
         export = export_plain(model, loaded.tokenizer, out_dir, **where)
         if sublayer_units:
             export["zero_filled"] = True
