@@ -40,3 +40,17 @@ def test_block_scoring_bar_names_the_blocks_and_counts_batches(capsys):
     bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
     first = next(line for line in bar if line.startswith("Scoring"))
     assert first.startswith("Scoring 4 blocks:") and "0/3 [" in first and "batch/s" in first, bar
+
+
+def test_package_docstring_points_at_functions_that_exist():
+    """Catches `help(hubprune)` naming a function that was renamed or moved."""
+    import importlib
+    import re
+
+    import hubprune
+
+    names = re.findall(r":(?:func|class):`~?([\w.]+)`", hubprune.__doc__)
+    assert len(names) >= 8 and "hubprune.run.run_recipe" in names
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), attr)), name
