@@ -199,6 +199,8 @@ def test_recorded_divergence_is_the_one_that_ran():
         "kl": kl_divergence(dense.log_softmax(-1), pruned.log_softmax(-1))[mask].mean(),
         "js-official": js_official(dense.log_softmax(-1), pruned.log_softmax(-1))[mask].mean(),
         "angular": angular_logits(dense, pruned)[mask].mean(),
+        "js": js_textbook(dense.log_softmax(-1), pruned.log_softmax(-1))[mask].mean(),
+        "perplexity": torch.nn.functional.cross_entropy(pruned[:, :-1].transpose(1, 2), ids[:, 1:]).exp(),
     }
     recorded = {}
     for divergence, expected in by_hand.items():
@@ -206,7 +208,7 @@ def test_recorded_divergence_is_the_one_that_ran():
         recorded[divergence] = next(s["score"] for s in plan.scores if s["unit"] == unit)
         assert recorded[divergence] == pytest.approx(float(expected), rel=1e-4), divergence
         assert plan.params["divergence"] == divergence and plan.score_meaning.startswith(f"{divergence}:")
-    assert len({round(v, 8) for v in recorded.values()}) == 3, "the divergences must differ here"
+    assert len({round(v, 8) for v in recorded.values()}) == 5, "the divergences must differ here"
 
 
 def test_bad_input_refused():
