@@ -164,3 +164,10 @@ def test_recipe_runs_from_python_in_one_call_and_publish_is_recorded_structured(
     )
     assert load_recipe(manifest.recipe) == recipe, "a Recipe object is recorded as its resolved YAML"
     assert run_recipe(recipe)["ran"] == [], "a second call finds every stage done"
+
+
+def test_unknown_redo_stage_is_refused_before_anything_runs(tmp_path):
+    from hubprune.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="^redo: unknown stage evaluat; expected some of: prune, recover,"):
+        run_recipe(tmp_path / "absent.yaml", redo=["evaluat"])
