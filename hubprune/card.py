@@ -52,13 +52,10 @@ LICENSE_FILE_PREFIXES = ("LICENSE", "LICENCE", "NOTICE", "Notice", "USE_POLICY")
 
 
 def template_dir() -> Path:
-    """The folder holding ``model_card.md.j2``: ``templates/`` beside the package (a source
-    checkout or editable install), or ``hubprune/templates`` when packaged inside it."""
-    here = Path(__file__).resolve().parent
-    for folder in (here.parent / "templates", here / "templates"):
-        if (folder / TEMPLATE_NAME).is_file():
-            return folder
-    raise FileNotFoundError(f"cannot find templates/{TEMPLATE_NAME} next to {here}")
+    """The folder holding ``model_card.md.j2`` (see :func:`hubprune.resources.templates_dir`)."""
+    from hubprune.resources import templates_dir
+
+    return templates_dir()
 
 
 def environment() -> Any:

@@ -64,6 +64,22 @@ def _blocks(model: nn.Module, adapter: Any) -> list[nn.Module] | None:
         return None
 
 
+def _with_attention(blocks: list[nn.Module] | None, adapter: Any, num_blocks: int) -> list[bool]:
+    """Per block, whether it still attends: False where the attention sublayer was removed
+    (a compact prune in memory), True when that cannot be told."""
+    from hubprune.sublayers import is_removed
+
+    if blocks is None:
+        return [True] * num_blocks
+    out = []
+    for block in blocks:
+        try:
+            out.append(not is_removed(block, adapter, "attn"))
+        except AttributeError:  # a block layout the adapter does not describe
+            out.append(True)
+    return out
+
+
 def zero_filled_units(plan: Any, export_format: str | None) -> list[Any]:
     """Removed units that a plain export zero-fills instead of deleting."""
     if plan is None or (export_format or "plain") != "plain":
@@ -103,11 +119,15 @@ def model_cost(
     blocks = _blocks(model, adapter)
     num_blocks = len(blocks) if blocks is not None else int(config.num_hidden_layers)
     windows = _layer_windows(config, num_blocks)
+    attends = _with_attention(blocks, adapter, num_blocks)
     heads = int(config.num_attention_heads)
     per_position = 4 * heads * head_dim(config)
-    attention_flops = sum(per_position * min(context, w or context) for w in windows)
+    attention_flops = sum(
+        per_position * min(context, w or context) for w, on in zip(windows, attends, strict=True) if on
+    )
     weights_flops = 2 * linear_params(model)
-    kv = kv_cache_bytes_per_token(config, num_blocks, dtype.itemsize)
+    attention_layers = sum(attends)
+    kv = kv_cache_bytes_per_token(config, attention_layers, dtype.itemsize)
     out: dict[str, Any] = {
         "num_blocks": num_blocks,
         "params_total": total,
@@ -123,7 +143,7 @@ def model_cost(
             "attention": attention_flops,
             "formula": "2 x linear weights + 4 x heads x head_dim x min(context, window) per attention layer",
         },
-        "attention_layers": num_blocks,
+        "attention_layers": attention_layers,
         "kv_cache_bytes_per_token": kv,
         "zero_filled": None,
         "nominal": None,
@@ -171,7 +191,7 @@ def _nominal(
                 * head_dim(config)
                 * min(context, windows[unit.block] or context)
             )
-    attention_layers = actual["num_blocks"] - attn_removed
+    attention_layers = actual["attention_layers"] - attn_removed
     return {
         "params_total": actual["params_total"] - params,
         "params_non_embedding": actual["params_non_embedding"] - params,

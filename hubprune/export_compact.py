@@ -31,10 +31,10 @@ from torch import nn
 from hubprune.arch import ArchAdapter
 from hubprune.errors import ExportError, UnsupportedArchitectureError
 from hubprune.export import DEFAULT_MAX_SHARD_SIZE, folder_files, write_companions
+from hubprune.resources import templates_dir
 from hubprune.rundir import staged_folder
 from hubprune.sublayers import is_removed
 
-REMOTE_DIR = Path(__file__).resolve().parents[1] / "templates" / "remote"
 REMOTE_FILES = ("configuration_decilm.py", "modeling_decilm.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_decilm.DeciLMConfig",
@@ -144,7 +144,7 @@ def compact_config(model: nn.Module, adapter: ArchAdapter) -> dict[str, Any]:
 
 def _copy_remote_code(folder: Path) -> list[str]:
     for name in REMOTE_FILES:
-        shutil.copyfile(REMOTE_DIR / name, folder / name)
+        shutil.copyfile(templates_dir() / "remote" / name, folder / name)
     return list(REMOTE_FILES)
 
 

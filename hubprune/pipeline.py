@@ -15,6 +15,7 @@ from typing import Any
 from hubprune import data as data_mod
 from hubprune import offline
 from hubprune.arch import ArchAdapter, adapter_for
+from hubprune.cost import model_cost
 from hubprune.data import CalibrationBatch, TextSource
 from hubprune.errors import RecipeError
 from hubprune.export import DEFAULT_MAX_SHARD_SIZE, write_plain
@@ -22,7 +23,6 @@ from hubprune.methods import Budget, MethodContext, get_method
 from hubprune.plan import Manifest, Plan
 from hubprune.redact import public_text
 from hubprune.rundir import prepare_out_dir, staged_folder
-from hubprune.size import model_stats
 from hubprune.source import ResolvedSource, load_model, resolve_source
 from hubprune.surgery import apply_plan
 
@@ -185,7 +185,7 @@ def prune(
 
         check_compact_supported(config, family)
     loaded = load(source, resolved)
-    before = model_stats(loaded.model, loaded.adapter)
+    before = model_cost(loaded.model, adapter=loaded.adapter)
     start = time.perf_counter()
     plan = score(
         loaded,
@@ -241,12 +241,11 @@ def _apply_and_export(
         from hubprune.export_compact import write_compact
 
         apply_plan(model, adapter, plan, sublayers="remove")
-        attn_left = adapter.num_blocks(model) - sum(1 for u in sublayer_units if u.kind == "attn")
-        after = model_stats(model, adapter, attention_layers=attn_left)
+        after = model_cost(model, adapter=adapter)  # removed attention: fewer cached layers
         export = write_compact(model, adapter, loaded.tokenizer, folder, **where)
     else:
         apply_plan(model, adapter, plan, sublayers="zero")
-        after = model_stats(model, adapter)
+        after = model_cost(model, adapter=adapter)
         export = write_plain(model, loaded.tokenizer, folder, **where)
         if sublayer_units:
             export["zero_filled"] = True

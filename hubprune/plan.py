@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hubprune import __version__
+from hubprune.errors import RecipeError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "hubprune.json"
@@ -36,7 +37,7 @@ class Unit:
 
     def __post_init__(self) -> None:
         if self.kind not in UNIT_KINDS:
-            raise ValueError(f"unknown unit kind {self.kind!r}; expected one of {UNIT_KINDS}")
+            raise RecipeError(f"unknown unit kind '{self.kind}'; expected one of: {', '.join(UNIT_KINDS)}")
 
     @property
     def name(self) -> str:
@@ -86,7 +87,8 @@ class Plan:
     """What to remove and why.
 
     `scores` holds every candidate's score (not only the removed ones) with `score_meaning`
-    saying how to read it; `trace` holds the steps of iterative searches.
+    saying how to read it; `trace` holds the steps of iterative searches and `search_cost` what
+    the search spent (JSON-safe; FinerCut: FLOPs, forward passes, seconds).
     """
 
     method: str
@@ -99,6 +101,7 @@ class Plan:
     trace: list[dict[str, Any]] = field(default_factory=list)
     calibration: Calibration | None = None
     seed: int | None = None
+    search_cost: dict[str, Any] | None = None  # what a search method spent (FinerCut: FLOPs, passes, time)
 
     def removed_blocks(self) -> list[int]:
         return sorted(u.block for u in self.removed if u.kind == "block")

@@ -19,7 +19,15 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from hubprune.errors import RecipeError
 
@@ -85,26 +93,31 @@ class PruneSection(_Section):
     def _known_method(cls, value: str) -> str:
         from hubprune.methods import get_method
 
-        try:
-            get_method(value)
-        except RecipeError as err:
-            raise ValueError(str(err)) from None
+        get_method(value)  # a RecipeError is a ValueError: pydantic reports it at prune.method
+        return value
+
+    @field_validator("amount")
+    @classmethod
+    def _amount(cls, value: int | float | str) -> int | float | str:
+        from hubprune.methods.budget import parse_amount
+
+        parse_amount(value)  # checked here, not after the model, so it is reported with the rest
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from hubprune.methods import get_method
+
+        if "method" in info.data:  # an unknown method is reported on its own line
+            get_method(info.data["method"]).make_params(value)
         return value
 
     @model_validator(mode="after")
-    def _budget_and_params(self) -> PruneSection:
-        from hubprune.methods import Budget, get_method
+    def _budget(self) -> PruneSection:
+        from hubprune.methods import Budget
 
-        try:
-            Budget.parse(self.amount, self.budget_by)
-        except ValueError as err:  # RecipeError and BudgetError are ValueErrors
-            raise ValueError(str(err)) from None
-        try:
-            get_method(self.method).make_params(self.params)
-        except RecipeError as err:
-            raise ValueError(str(err)) from None
-        except (TypeError, ValueError) as err:  # a params dataclass's own __post_init__ checks
-            raise ValueError(f"method parameters: {err}") from None
+        Budget.parse(self.amount, self.budget_by)  # a count with budget_by: params
         return self
 
 
@@ -244,6 +257,32 @@ class EvaluateSection(_Section):
         description="further evaluation settings (dtype, device, perplexity_seq_len, ...)",
     )
 
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        allowed = evaluate_option_names()
+        if allowed is None:  # no evaluation module: the stage check reports that
+            return value
+        unknown = sorted(set(value) - set(allowed))
+        if unknown:
+            named = ", ".join(f"'{key}'{_did_you_mean(key, allowed)}" for key in unknown)
+            raise ValueError(f"unknown option {named}; expected some of: {', '.join(allowed)}")
+        return value
+
+
+def evaluate_option_names() -> list[str] | None:
+    """The keys `evaluate.options` accepts: EvalSettings fields the section does not already have.
+
+    None when this installation has no evaluation module.
+    """
+    import dataclasses
+
+    if importlib.util.find_spec(OPTIONAL_STAGE_MODULES["evaluate"]) is None:
+        return None
+    from hubprune.evaluation import EvalSettings
+
+    return [f.name for f in dataclasses.fields(EvalSettings) if f.name not in EvaluateSection.model_fields]
+
 
 class PublishSection(_Section):
     """Arguments for `hubprune.publish.publish`. `private` must be said explicitly."""
@@ -266,7 +305,7 @@ class PublishSection(_Section):
         try:
             validate_repo_id(value)
         except HFValidationError as err:
-            raise ValueError(str(err)) from None
+            raise ValueError(str(err)) from err
         return value
 
 
@@ -364,17 +403,20 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], list
     return path, list(current.model_fields) if current is not None else []
 
 
+def _did_you_mean(key: str, allowed: list[str]) -> str:
+    hint = difflib.get_close_matches(key, allowed, n=1)
+    return f" (did you mean '{hint[0]}'?)" if hint else ""
+
+
 def _describe(model: type[BaseModel], error: dict[str, Any]) -> tuple[str, str, str]:
     """(field path, what was expected, what was given) for one pydantic error."""
     kind = error["type"]
     if kind == "extra_forbidden":
         path, allowed = _walk(model, tuple(error["loc"][:-1]))
         key = str(error["loc"][-1])
-        hint = difflib.get_close_matches(key, allowed, n=1)
-        did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
         return (
             ".".join([*path, key]),
-            f"unknown field{did_you_mean}; expected one of: {', '.join(allowed)}",
+            f"unknown field{_did_you_mean(key, allowed)}; expected one of: {', '.join(allowed)}",
             "",
         )
     path = ".".join(_walk(model, tuple(error["loc"]))[0]) or "(recipe)"
@@ -407,7 +449,7 @@ def validate_model(model: type[BaseModel], data: Any, what: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise RecipeError(format_validation_error(err, model, what)) from None
+        raise RecipeError(format_validation_error(err, model, what)) from err
 
 
 def recovery_settings(**values: Any) -> RecoverySettings:
@@ -425,7 +467,7 @@ def parse_yaml(text: str, source_name: str = "recipe") -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err)
-        raise RecipeError(f"{source_name} is not valid YAML{where}: {problem}") from None
+        raise RecipeError(f"{source_name} is not valid YAML{where}: {problem}") from err
     if not isinstance(data, dict):
         raise RecipeError(f"{source_name} must be a YAML mapping with at least `out`, `source` and `prune`")
     return data

@@ -778,9 +778,9 @@ def _new_manifest(
 
     Records of evaluate / card / publish described the input model and are dropped.
     """
-    from hubprune.size import model_stats
+    from hubprune.cost import model_cost
 
-    stats = model_stats(model, adapter)
+    stats = model_cost(model, adapter=adapter)
     stages = {k: v for k, v in manifest.stages.items() if k not in _STALE_STAGES}
     stages["recover"] = record
     changed = ("params_total", "params_non_embedding", "tied_embeddings", "dtype")

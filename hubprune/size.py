@@ -1,8 +1,8 @@
-"""Parameter counts and KV-cache size of a model, computed from the model itself.
+"""Parameter counting and KV-cache arithmetic shared by the methods and :mod:`hubprune.cost`.
 
-Tied embeddings are counted once (`model.parameters()` yields a shared tensor once), so the
-total matches what is stored on disk. "Non-embedding" excludes the input embedding and an untied
-`lm_head`.
+Tied embeddings are counted once (`model.parameters()` yields a shared tensor once), so totals
+match what is stored on disk. A model's full statistics (the manifest's `model_before` /
+`model_after`, the evaluation's cost) come from :func:`hubprune.cost.model_cost` alone.
 """
 
 from __future__ import annotations
@@ -38,28 +38,3 @@ def kv_cache_bytes_per_token(config: Any, attention_layers: int, bytes_per_value
     """
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     return 2 * kv_heads * head_dim(config) * attention_layers * bytes_per_value
-
-
-def model_stats(
-    model: nn.Module, adapter: ArchAdapter, *, attention_layers: int | None = None
-) -> dict[str, Any]:
-    """Block count, parameters (total / non-embedding) and KV-cache bytes per token."""
-    total = unique_params([model])
-    embed = adapter_embedding_params(model, adapter)
-    dtype = next(model.parameters()).dtype
-    blocks = adapter.num_blocks(model)
-    return {
-        "num_blocks": blocks,
-        "params_total": total,
-        "params_non_embedding": total - embed,
-        "tied_embeddings": bool(getattr(model.config, "tie_word_embeddings", False)),
-        "dtype": str(dtype).removeprefix("torch."),
-        "kv_cache_bytes_per_token": kv_cache_bytes_per_token(
-            model.config, blocks if attention_layers is None else attention_layers, dtype.itemsize
-        ),
-    }
-
-
-def adapter_embedding_params(model: nn.Module, adapter: ArchAdapter) -> int:
-    modules = [model.get_submodule(adapter.embed), model.get_submodule(adapter.lm_head)]
-    return unique_params(modules)

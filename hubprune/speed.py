@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hubprune.errors import RecipeError
+
 
 def device_name(device: torch.device | str) -> str:
     """A readable name: the GPU model, or the CPU model with the thread count torch uses."""
@@ -80,8 +82,19 @@ def measure_speed(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Median prefill and decode tokens/s of `model` over `repeats` runs after `warmup` runs."""
-    if min(prompt_tokens, new_tokens, batch_size, repeats) < 1 or warmup < 0:
-        raise ValueError("prompt_tokens, new_tokens, batch_size and repeats must be >= 1, warmup >= 0")
+    counts = {
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "batch_size": batch_size,
+        "repeats": repeats,
+    }
+    wrong = [f"{name}={value!r}" for name, value in counts.items() if not isinstance(value, int) or value < 1]
+    if not isinstance(warmup, int) or warmup < 0:
+        wrong.append(f"warmup={warmup!r}")
+    if wrong:
+        raise RecipeError(
+            f"speed settings need whole numbers, at least 1 (warmup at least 0); got {', '.join(wrong)}"
+        )
     device = next(model.parameters()).device
     vocab = int(model.config.vocab_size)
     generator = torch.Generator().manual_seed(seed)

@@ -28,7 +28,7 @@ from torch import nn
 
 from hubprune.arch import ArchAdapter
 from hubprune.arch.adapter import get_submodule
-from hubprune.errors import BudgetError
+from hubprune.errors import BudgetError, RecipeError
 from hubprune.plan import Unit
 
 SUBLAYER_KINDS = ("attn", "mlp")
@@ -114,7 +114,7 @@ def _parts(adapter: ArchAdapter, kind: str) -> tuple[str, tuple[str, ...]]:
         return adapter.attention, adapter.attention_norms
     if kind == "mlp":
         return adapter.mlp, adapter.mlp_norms
-    raise ValueError(f"not a sublayer kind: {kind!r}; expected one of {SUBLAYER_KINDS}")
+    raise RecipeError(f"not a sublayer kind: '{kind}'; expected one of: {', '.join(SUBLAYER_KINDS)}")
 
 
 def is_removed(block: nn.Module, adapter: ArchAdapter, kind: str) -> bool:
@@ -136,7 +136,7 @@ def check_units(units: Iterable[Unit], num_blocks: int) -> list[Unit]:
     chosen = sorted(set(units), key=lambda u: (u.block, u.kind))
     for unit in chosen:
         if unit.kind not in SUBLAYER_KINDS:
-            raise ValueError(f"not a sublayer unit: {unit.name}")
+            raise RecipeError(f"{unit.name} is not a sublayer unit; expected attn or mlp units")
         if not 0 <= unit.block < num_blocks:
             raise BudgetError(f"{unit.name} does not exist (the model has blocks 0..{num_blocks - 1})")
     if len(chosen) >= 2 * num_blocks:

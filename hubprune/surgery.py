@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from hubprune.arch import ArchAdapter
-from hubprune.errors import BudgetError
+from hubprune.errors import BudgetError, RecipeError
 from hubprune.plan import Plan
 
 
@@ -102,7 +102,9 @@ def apply_plan(model: nn.Module, adapter: ArchAdapter, plan: Plan, *, sublayers:
     kinds = {unit.kind for unit in plan.removed}
     unsupported = kinds - {"block", "attn", "mlp"}
     if unsupported:
-        raise NotImplementedError(f"surgery for unit kinds {sorted(unsupported)} is not implemented yet")
+        raise RecipeError(
+            f"this hubprune cannot remove {', '.join(sorted(unsupported))} units; it removes blocks, attn and mlp"
+        )
     sub_units = [u for u in plan.removed if u.kind in ("attn", "mlp")]
     if sub_units:
         from hubprune import sublayers as sublayers_mod
@@ -112,7 +114,7 @@ def apply_plan(model: nn.Module, adapter: ArchAdapter, plan: Plan, *, sublayers:
         elif sublayers == "zero":
             sublayers_mod.zero_fill(model, adapter, sub_units)
         else:
-            raise ValueError(f"sublayers must be 'remove' or 'zero', got {sublayers!r}")
+            raise RecipeError(f"sublayers must be 'remove' or 'zero', got '{sublayers}'")
     if plan.removed_blocks():
         remove_blocks(model, adapter, plan.removed_blocks())
     return model

@@ -9,7 +9,6 @@ import pytest
 from hubprune.arch import adapter_for
 from hubprune.cost import bytes_on_disk, cost_change, model_cost
 from hubprune.plan import Plan, Unit
-from hubprune.size import model_stats
 from tests.tiny import tiny_model
 
 # tiny models: hidden 64, MLP 96, 4 query heads / 2 KV heads of 16, vocab 128, fp32
@@ -36,19 +35,15 @@ def test_flops_and_kv_cache_by_hand(blocks: int) -> None:
     assert cost["zero_filled"] is None and cost["nominal"] is None
 
 
-def test_parameters_match_size_module_and_disk(tmp_path: Path) -> None:
+def test_parameters_by_hand_and_bytes_on_disk(tmp_path: Path) -> None:
     """Tied embeddings counted once; bytes on disk are the safetensors files actually written."""
     model = tiny_model("llama")
     adapter = adapter_for(model)
-    stats = model_stats(model, adapter)
     model.save_pretrained(tmp_path)
     cost = model_cost(model, adapter=adapter, folder=tmp_path)
-    assert cost["params_total"] == stats["params_total"]
-    assert (
-        cost["params_non_embedding"]
-        == stats["params_non_embedding"]
-        == stats["params_total"] - HIDDEN * VOCAB
-    )
+    norms = HIDDEN * (2 * 4 + 1)  # two per block, one final; this tiny Llama has no biases
+    assert cost["params_total"] == 4 * (ATTN_LINEAR + MLP_LINEAR) + norms + HIDDEN * VOCAB
+    assert cost["params_non_embedding"] == cost["params_total"] - HIDDEN * VOCAB
     assert cost["weight_bytes"] == 4 * cost["params_total"]
     on_disk = sum(p.stat().st_size for p in tmp_path.glob("*.safetensors"))
     assert cost["bytes_on_disk"] == on_disk >= cost["weight_bytes"]
@@ -70,6 +65,26 @@ def test_untied_lm_head_is_embedding_too() -> None:
     cost = model_cost(model, adapter=adapter_for(model))
     assert not cost["tied_embeddings"]
     assert cost["params_total"] - cost["params_non_embedding"] == 2 * HIDDEN * VOCAB
+
+
+def test_removed_attention_is_neither_cached_nor_computed() -> None:
+    """Catches a compact prune (attention swapped for a stand-in) still counting that layer's KV
+    cache and attention FLOPs in the manifest's `model_after`."""
+    from hubprune.sublayers import remove_sublayers
+
+    model = tiny_model("llama", num_layers=4)
+    adapter = adapter_for(model)
+    dense = model_cost(model, adapter=adapter, context=100)
+    remove_sublayers(model, adapter, [Unit("attn", 1), Unit("mlp", 2)])
+    cost = model_cost(model, adapter=adapter, context=100)
+    assert cost["num_blocks"] == 4 and cost["attention_layers"] == 3
+    assert cost["kv_cache_bytes_per_token"] == 2 * KV_HEADS * HEAD_DIM * 3 * 4
+    assert cost["flops_per_token_detail"]["attention"] == 3 * 4 * HEADS * HEAD_DIM * 100
+    assert (
+        cost["flops_per_token"]
+        == dense["flops_per_token"] - 2 * (ATTN_LINEAR + MLP_LINEAR) - 4 * HEADS * HEAD_DIM * 100
+    )
+    assert cost["params_total"] == dense["params_total"] - ATTN_LINEAR - MLP_LINEAR - 2 * HIDDEN
 
 
 def test_zero_filled_sublayers_save_nothing_and_say_so() -> None:

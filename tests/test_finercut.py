@@ -181,6 +181,36 @@ def test_other_divergences_run(divergence):
     assert len(plan.removed) == 1 and plan.params["divergence"] == divergence
 
 
+@torch.no_grad()
+def test_recorded_divergence_is_the_one_that_ran():
+    """Would catch every divergence silently computed as the default: each one-shot score must be
+    that divergence between the dense and the sublayer-removed model, computed here by hand."""
+    from hubprune.plan import Unit
+    from hubprune.sublayers import sublayers_skipped
+
+    model = tiny_model("llama", num_layers=2).eval()
+    adapter, batch = adapter_for(model), _calibration()
+    ids, mask = batch.input_ids, batch.attention_mask.bool()
+    dense = model(input_ids=ids).logits.float()
+    unit = Unit("attn", 1)
+    with sublayers_skipped(model, adapter, [unit]):
+        pruned = model(input_ids=ids).logits.float()
+    by_hand = {
+        "kl": kl_divergence(dense.log_softmax(-1), pruned.log_softmax(-1))[mask].mean(),
+        "js-official": js_official(dense.log_softmax(-1), pruned.log_softmax(-1))[mask].mean(),
+        "angular": angular_logits(dense, pruned)[mask].mean(),
+        "js": js_textbook(dense.log_softmax(-1), pruned.log_softmax(-1))[mask].mean(),
+        "perplexity": torch.nn.functional.cross_entropy(pruned[:, :-1].transpose(1, 2), ids[:, 1:]).exp(),
+    }
+    recorded = {}
+    for divergence, expected in by_hand.items():
+        plan = _plan(model, Budget(1), batch, divergence=divergence, search="one-shot")
+        recorded[divergence] = next(s["score"] for s in plan.scores if s["unit"] == unit)
+        assert recorded[divergence] == pytest.approx(float(expected), rel=1e-4), divergence
+        assert plan.params["divergence"] == divergence and plan.score_meaning.startswith(f"{divergence}:")
+    assert len({round(v, 8) for v in recorded.values()}) == 5, "the divergences must differ here"
+
+
 def test_bad_input_refused():
     """Would catch an impossible budget or a typo being accepted."""
     spec = get_method("finercut")
@@ -221,3 +251,21 @@ def test_cached_search_equals_naive_on_smollm2(smollm2_dir):
         )
         orders.append(result.order)
     assert orders[0] == orders[1]
+
+
+def test_search_cost_lands_in_the_manifest(tmp_path):
+    """Would catch FinerCut's search cost computed and then dropped on the way to hubprune.json."""
+    import json
+
+    from hubprune.pipeline import CalibrationOptions, SourceOptions, prune
+    from tests.tiny import save_tiny
+
+    base = save_tiny(tmp_path / "base", "llama", num_layers=2)
+    (tmp_path / "cal.txt").write_text(SAMPLE_TEXT, encoding="utf-8")
+    calibration = CalibrationOptions(dataset=str(tmp_path / "cal.txt"), samples=4, seq_len=16)
+    prune(SourceOptions(spec=str(base)), "finercut", Budget(2), tmp_path / "out", calibration=calibration)
+    cost = json.loads((tmp_path / "out" / "hubprune.json").read_text(encoding="utf-8"))["plan"]["search_cost"]
+    assert cost["engine"] == "cached" and cost["wall_s"] > 0
+    assert cost["forward_flops"] > 0 and cost["full_forward_calls"] >= 1
+    assert cost["block_evaluations"] >= 4, "two greedy steps over four candidates"
+    assert len(cost["flops_per_row"]["attn"]) == 2 == len(cost["flops_per_row"]["mlp"])

@@ -41,6 +41,10 @@ def test_every_method_scores_every_block(method, calibration):
     plan = run(method, model, Budget(2), calibration)
     assert len(plan.scores) == 6 and sorted(s["rank"] for s in plan.scores) == list(range(6))
     assert len(plan.removed) == 2 and plan.budget["reached"]["units_removed"] == 2
+    ranked = sorted(plan.scores, key=lambda s: s["rank"])
+    start = ranked[0]["unit"].block  # angular removes the run of 2 starting at its best block
+    first = [start, start + 1] if method == "angular" else sorted(s["unit"].block for s in ranked[:2])
+    assert plan.removed_blocks() == first, "the blocks removed are the ones the method ranked first"
     assert (plan.calibration is not None) == get_method(method).needs_calibration
     assert Plan.from_dict(plan.to_dict()) == plan
 

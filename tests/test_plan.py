@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from hubprune.errors import RecipeError
 from hubprune.plan import MANIFEST_NAME, Calibration, Manifest, Plan, Unit, library_versions, token_ids_sha256
 
 
@@ -20,6 +21,7 @@ def make_plan() -> Plan:
         budget={"requested": {"amount": 1, "by": "units"}},
         calibration=Calibration("offline:lee-background", "offline", 4, 32, 0, "ab" * 32, 1000, False),
         seed=0,
+        search_cost={"engine": "cached", "wall_s": 1.5, "flops_per_row": {"attn": [1, 2]}},
     )
 
 
@@ -38,6 +40,11 @@ def test_manifest_round_trip_and_sorted_json(tmp_path):
     assert text == json.dumps(data, indent=2, sort_keys=True) + "\n"
     assert data["schema_version"] == 1 and data["hubprune_version"]
     assert {"torch", "transformers", "huggingface-hub"} <= data["versions"].keys()
+    assert data["plan"]["search_cost"] == {
+        "engine": "cached",
+        "wall_s": 1.5,
+        "flops_per_row": {"attn": [1, 2]},
+    }
     assert data["plan"]["calibration"]["token_ids_sha256"] == "ab" * 32
     assert Manifest.load(tmp_path) == manifest
 
@@ -45,7 +52,7 @@ def test_manifest_round_trip_and_sorted_json(tmp_path):
 def test_unit_validation_and_names():
     assert Unit("attn", 3).name == "attn 3"
     assert Unit.from_dict(Unit("heads", 1, indices=(0, 2)).to_dict()) == Unit("heads", 1, indices=(0, 2))
-    with pytest.raises(ValueError, match="unknown unit kind"):
+    with pytest.raises(RecipeError, match="^unknown unit kind 'layer'; expected one of: block, attn, mlp,"):
         Unit("layer", 0)
 
 

@@ -75,8 +75,11 @@ publish:
     ("snippet", "expected"),
     [
         ("prune: {method: reverse-ordr, amount: 2}", r"prune.method: unknown method 'reverse-ordr' \(did you mean 'reverse-order'\?\)"),
-        ("prune: {method: reverse-order, amount: 0}", r"prune: amount must be positive"),
+        ("prune: {method: reverse-order, amount: 0}", r"prune.amount: amount must be positive"),
         ("prune: {method: reverse-order, amount: 2, params: {depth: 3}}", r"method 'reverse-order' has no parameter 'depth'"),
+        ("prune: {method: reverse-order, amount: 2, budget_by: params}", r"prune: a parameter budget is a fraction below 1"),
+        ("evaluate: {tasks: [piqa], options: {perplexity_seqlen: 64}}", r"evaluate.options: unknown option 'perplexity_seqlen' \(did you mean 'perplexity_seq_len'\?\); expected some of: dtype, device,"),
+        ("evaluate: {tasks: [piqa], options: {limit: 3}}", r"evaluate.options: unknown option 'limit'"),
         ("recover: {mode: lora, data: x.txt, epochs: 1, max_steps: 5}", r"recover: give epochs or max_steps, not both"),
         ("recover: {mode: partial, data: x.txt, lora: {r: 4}}", r"only read when mode is lora"),
         ("recover: {mode: partial, data: x.txt, last_k: 0}", r"recover.last_k: Input should be greater than 0"),
@@ -88,6 +91,23 @@ def test_field_errors(snippet, expected):
     base = "\n".join(line for line in MINIMAL.splitlines() if not line.startswith(key + ":"))
     with pytest.raises(RecipeError, match=expected):
         load_recipe(base + "\n" + snippet + "\n")
+
+
+def test_every_wrong_prune_field_is_reported_together():
+    """Catches a bad amount or bad method parameters hidden while other prune fields are wrong too."""
+    text = MINIMAL.replace(
+        "prune: {method: reverse-order, amount: 2}",
+        "prune: {method: finercut, amount: lots, batch_size: 0, params: {divergenc: kl, serch: x}}",
+    )
+    with pytest.raises(RecipeError) as info:
+        load_recipe(text, "r.yaml")
+    lines = str(info.value).splitlines()
+    assert lines[0] == "r.yaml has 3 problems:"
+    assert lines[1].startswith(
+        "  - prune.amount: amount must be a number (a count like 6 or a fraction like 0.25)"
+    )
+    assert lines[2].startswith("  - prune.params: method 'finercut' has no parameter 'divergenc', 'serch';")
+    assert lines[3] == "  - prune.batch_size: Input should be greater than 0 (got: 0)"
 
 
 def test_yaml_syntax_error_names_the_line():
@@ -152,3 +172,7 @@ def test_validate_cli(tmp_path, capsys):
         "prune.amout: unknown field (did you mean 'amount'?)" in err
         and "prune.amount: required field is missing" in err
     )
+    options = tmp_path / "options.yaml"
+    options.write_text(MINIMAL + "evaluate: {tasks: [piqa], options: {dtyp: float32}}\n", encoding="utf-8")
+    assert main(["validate", str(options)]) == 1
+    assert "evaluate.options: unknown option 'dtyp' (did you mean 'dtype'?)" in capsys.readouterr().err

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from hubprune.cli import main
-from hubprune.cli.run import _recorded_with_same_settings, run_recipe
 from hubprune.plan import Manifest
 from hubprune.recipe import load_recipe
+from hubprune.run import _recorded_with_same_settings, run_recipe
 from tests.tiny import save_tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,3 +134,40 @@ def test_changed_settings_are_noticed_but_neutral_ones_are_not(tmp_path):
     assert _recorded_with_same_settings(folder, "prune", load_recipe(changed))
     assert not _recorded_with_same_settings(folder, "recover", load_recipe(changed))
     assert not _recorded_with_same_settings(folder, "evaluate", load_recipe(text)), "never recorded"
+
+
+def test_recipe_runs_from_python_in_one_call_and_publish_is_recorded_structured(
+    tmp_path, hub_server, monkeypatch
+):
+    """One `run_recipe(Recipe)` call prunes, renders the card and publishes; the manifest keeps the
+    publish result as a record (repo, revision, commit sha and URL), not a Python repr."""
+    from tests.conftest_hub import HUB_TOKEN
+
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    save_tiny(tmp_path / "base", "llama", num_layers=4)
+    recipe = load_recipe(
+        f"out: {tmp_path}/run\n"
+        f"source: {{model: {tmp_path}/base, device: cpu, base_model: test-org/tiny-llama}}\n"
+        "prune: {method: reverse-order, amount: 1}\n"
+        "publish: {repo_id: test-user/tiny-run, private: false, revision: experiment}\n"
+    )
+    result = run_recipe(recipe)
+    assert result == {"out": f"{tmp_path}/run", "ran": ["prune", "card", "publish"]}
+    manifest = Manifest.load(tmp_path / "run")
+    record = manifest.stages["publish"]["result"]
+    repo = hub_server.repos[("model", "test-user/tiny-run")]
+    assert record["repo_id"] == "test-user/tiny-run" and record["revision"] == "experiment"
+    assert record["commit_sha"] == repo.refs["experiment"] and record["commit_sha"] in record["commit_url"]
+    assert record["dry_run"] is False and record["pr_url"] is None
+    assert (
+        json.loads((tmp_path / "run" / "hubprune.json").read_text())["stages"]["publish"]["result"] == record
+    )
+    assert load_recipe(manifest.recipe) == recipe, "a Recipe object is recorded as its resolved YAML"
+    assert run_recipe(recipe)["ran"] == [], "a second call finds every stage done"
+
+
+def test_unknown_redo_stage_is_refused_before_anything_runs(tmp_path):
+    from hubprune.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="^redo: unknown stage evaluat; expected some of: prune, recover,"):
+        run_recipe(tmp_path / "absent.yaml", redo=["evaluat"])

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from hubprune.cli import options
+
+if TYPE_CHECKING:
+    from hubprune.plan import Plan
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,16 +26,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def format_table(plan: object) -> str:
-    """A fixed-width table: unit, score, rank (0 = removed first), removed mark."""
-    removed = {u.name for u in plan.removed}  # type: ignore[attr-defined]
-    lines = [f"{'unit':<10} {'score':>12} {'rank':>5}  removed"]
-    for entry in plan.scores:  # type: ignore[attr-defined]
-        unit = entry["unit"]
+def format_table(plan: Plan) -> str:
+    """A fixed-width table of every unit's score, then the search steps of an iterative method.
+
+    Block methods rank every unit (`rank`: 0 is removed first); FinerCut records at which greedy
+    step a sublayer was removed (`step`) and the divergence reached after each step.
+    """
+    removed = {u.name for u in plan.removed}
+    ranked = all("rank" in entry for entry in plan.scores)
+    order = "rank" if ranked else "step"
+    lines = [f"{'unit':<10} {'score':>12} {order:>5}  removed"]
+    for entry in plan.scores:
+        unit, score = entry["unit"], entry.get("score")
+        position = entry["rank"] if ranked else entry.get("removed_at_step")
         lines.append(
-            f"{unit.name:<10} {entry['score']:>12.6g} {entry['rank']:>5}  {'x' if unit.name in removed else ''}"
+            f"{unit.name:<10} {'-' if score is None else format(score, '.6g'):>12} "
+            f"{'' if position is None else position:>5}  {'x' if unit.name in removed else ''}"
         )
-    lines.append(f"score: {plan.score_meaning}")  # type: ignore[attr-defined]
+    lines.append(f"score: {plan.score_meaning}")
+    if plan.trace and all("divergence" in step for step in plan.trace):
+        lines.append("")
+        lines.append(f"{'step':>4}  {'removed':<10} {'divergence':>12} {'params removed':>15}")
+        for step in plan.trace:
+            share = step.get("params_fraction")
+            lines.append(
+                f"{step['step']:>4}  {step['name']:<10} {step['divergence']:>12.6g} "
+                f"{'' if share is None else format(share, '.1%'):>15}"
+            )
     return "\n".join(lines)
 
 

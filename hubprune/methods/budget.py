@@ -26,10 +26,10 @@ def parse_amount(text: str | float | int) -> float | int:
     else:
         try:
             value = float(text)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as err:
             raise RecipeError(
                 f"amount must be a number (a count like 6 or a fraction like 0.25), got {text!r}"
-            ) from None
+            ) from err
         if value.is_integer() and value >= 1:
             value = int(value)
     if value <= 0:

@@ -31,11 +31,12 @@ def stream_blocks(
     calibration: CalibrationBatch,
     batch_size: int,
     on_block: BlockCallback,
-    desc: str = "Scoring blocks",
 ) -> Iterator[torch.Tensor]:
     """Run every calibration batch through the backbone, calling `on_block(i, h_in, h_out, mask)`
     for each block i (h_in = h_i, h_out = h_{i+1}, both [B, T, D]; mask [B, T]); yields each
-    batch's mask after its forward pass, so the caller can finish per-batch reductions."""
+    batch's mask after its forward pass, so the caller can finish per-batch reductions.
+
+    The progress bar counts calibration batches: every batch scores all blocks at once."""
     blocks = adapter.blocks(model)
     current: list[torch.Tensor] = []
 
@@ -50,7 +51,9 @@ def stream_blocks(
     backbone = adapter.decoder_model(model)
     device = next(model.parameters()).device
     try:
-        for input_ids, attention_mask in tqdm(calibration.batches(batch_size), desc=desc, leave=False):
+        batches = calibration.batches(batch_size)
+        desc = f"Scoring {len(blocks)} blocks"
+        for input_ids, attention_mask in tqdm(batches, desc=desc, unit="batch", leave=False):
             attention_mask = attention_mask.to(device)
             current[:] = [attention_mask]
             backbone(input_ids=input_ids.to(device), attention_mask=attention_mask, use_cache=False)

@@ -725,7 +725,6 @@ def plan_finercut(ctx: MethodContext, params: FinerCutParams) -> Plan:
     else:
         done = _stop_rule(ctx.budget, sub_params, total, len(sub_params))
     result = finercut_search(model, adapter, ctx.calibration, params, done, batch_size=ctx.batch_size)
-    ctx.extra["finercut_stats"] = result.stats
     chosen = result.order if ctx.budget is not None else []
     removed_params = sum(sub_params[u] for u in chosen)
     attn_removed = sum(1 for u in chosen if u.kind == "attn")
@@ -792,6 +791,7 @@ def plan_finercut(ctx: MethodContext, params: FinerCutParams) -> Plan:
         trace=trace,
         calibration=ctx.calibration.info,
         seed=ctx.seed,
+        search_cost=result.stats,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import nn
@@ -26,7 +26,6 @@ class MethodContext:
     calibration: CalibrationBatch | None = None
     seed: int = 0
     batch_size: int = 8
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -51,8 +50,9 @@ class MethodSpec:
         accepted = {f.name for f in fields(self.params_cls)}
         unknown = sorted(set(values) - accepted)
         if unknown:
+            named = "', '".join(unknown)
             raise RecipeError(
-                f"method '{self.name}' has no parameter '{unknown[0]}'; its parameters: {', '.join(sorted(accepted)) or 'none'}"
+                f"method '{self.name}' has no parameter '{named}'; its parameters: {', '.join(sorted(accepted)) or 'none'}"
             )
         return self.params_cls(**values)
 

@@ -1,0 +1,100 @@
+"""User mistakes end in one `hubprune: error:` sentence (a HubpruneError), never a traceback.
+
+What these catch: a ValueError/KeyError/NotImplementedError escaping on user input (unit kinds,
+speed settings, method arguments, sublayer options), `hubprune inspect --method finercut`
+crashing on its table, and method arguments checked only after the model is loaded.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hubprune.arch import adapter_for
+from hubprune.cli import main
+from hubprune.errors import HubpruneError
+from hubprune.plan import Plan, Unit
+from tests.tiny import SAMPLE_TEXT, save_tiny, tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("model") / "tiny-llama", "llama", num_layers=2)
+
+
+def one_error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "it/s]" not in line]
+    assert len(err) == 1 and err[0].startswith("hubprune: error: "), err
+    return err[0]
+
+
+def test_inspect_finercut_prints_scores_and_the_greedy_steps(tiny_dir, tmp_path, capsys):
+    """Would catch the KeyError: 'rank' of a FinerCut plan, or a table without its steps."""
+    (tmp_path / "cal.txt").write_text(SAMPLE_TEXT, encoding="utf-8")
+    argv = ["inspect", str(tiny_dir), "--method", "finercut", "--amount", "2"]
+    assert main([*argv, "--calibration", str(tmp_path / "cal.txt"), "--samples", "4", "--seq-len", "16"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["unit", "score", "step", "removed"]
+    rows = {line.split()[0] + " " + line.split()[1]: line.split()[2:] for line in lines[1:5]}
+    assert set(rows) == {"attn 0", "mlp 0", "attn 1", "mlp 1"}
+    marked = sorted(row[1:] for row in rows.values() if len(row) == 3)
+    assert marked == [["0", "x"], ["1", "x"]], "the two removed sublayers, with their step"
+    steps = lines[lines.index("") + 1 :]
+    assert steps[0].split() == ["step", "removed", "divergence", "params", "removed"]
+    assert [s.split()[0] for s in steps[1:]] == ["0", "1"] and all(s.endswith("%") for s in steps[1:])
+
+
+@pytest.mark.parametrize(
+    ("method_args", "message"),
+    [
+        (
+            ["--method-arg", "depth=3"],
+            "method 'reverse-order' has no parameter 'depth'; its parameters: none",
+        ),
+        (["--method", "finercut", "--method-arg", "divergence=jsd"], "unknown FinerCut divergence 'jsd'"),
+        (["--method-arg", "=3"], "--method-arg expects KEY=VALUE, got '=3'"),
+    ],
+)
+def test_bad_method_args_fail_before_loading(method_args, message, tmp_path, capsys):
+    """Would catch method arguments checked only after the model loaded (here: there is none)."""
+    argv = ["inspect", str(tmp_path / "no-model"), *method_args]
+    if "--method" not in argv:
+        argv += ["--method", "reverse-order"]
+    assert main(argv) == 1
+    assert message in one_error_line(capsys)
+
+
+def test_unknown_unit_kind_in_a_manifest_is_one_line(tiny_dir, tmp_path, capsys):
+    """Would catch a hand-edited or foreign hubprune.json ending in a ValueError traceback."""
+    out = tmp_path / "run"
+    assert (
+        main(["prune", str(tiny_dir), "--method", "reverse-order", "--amount", "1", "--out", str(out)]) == 0
+    )
+    manifest = out / "hubprune.json"
+    manifest.write_text(manifest.read_text().replace('"kind": "block"', '"kind": "layer"'))
+    capsys.readouterr()
+    assert main(["card", str(out)]) == 1
+    assert "unknown unit kind 'layer'; expected one of: block, attn, mlp" in one_error_line(capsys)
+
+
+def test_library_mistakes_are_hubprune_errors():
+    """Would catch user-reachable library checks raising bare ValueError/NotImplementedError."""
+    from hubprune.speed import measure_speed
+    from hubprune.sublayers import check_units, is_removed
+    from hubprune.surgery import apply_plan
+
+    model = tiny_model("llama", num_layers=2)
+    adapter = adapter_for(model)
+    with pytest.raises(HubpruneError, match=r"^unknown unit kind 'layer'"):
+        Unit("layer", 0)
+    with pytest.raises(HubpruneError, match=r"got repeats=0, warmup=-1$"):
+        measure_speed(model, repeats=0, warmup=-1)
+    with pytest.raises(HubpruneError, match=r"got new_tokens=2.5$"):
+        measure_speed(model, new_tokens=2.5)
+    with pytest.raises(HubpruneError, match="cannot remove heads units"):
+        apply_plan(model, adapter, Plan("x", "heads", [Unit("heads", 0, indices=(0,))]))
+    with pytest.raises(HubpruneError, match="sublayers must be 'remove' or 'zero', got 'drop'"):
+        apply_plan(model, adapter, Plan("x", "sublayer", [Unit("mlp", 0)]), sublayers="drop")
+    with pytest.raises(HubpruneError, match="block 1 is not a sublayer unit"):
+        check_units([Unit("block", 1)], 2)
+    with pytest.raises(HubpruneError, match="not a sublayer kind: 'attention'"):
+        is_removed(adapter.blocks(model)[0], adapter, "attention")
