@@ -23,7 +23,7 @@ from hubprune.methods import Budget, MethodContext, get_method
 from hubprune.plan import Manifest, Plan
 from hubprune.redact import public_text
 from hubprune.rundir import prepare_out_dir, staged_folder
-from hubprune.source import ResolvedSource, load_model, resolve_source
+from hubprune.source import ResolvedSource, is_local, load_model, resolve_source
 from hubprune.surgery import apply_plan
 
 
@@ -170,20 +170,12 @@ def prune(
     prepare_out_dir(out_dir, overwrite, source=source.spec)  # fail before any expensive work
     spec = get_method(method)
     spec.make_params(method_params)  # a bad method argument fails before loading weights
-    # the calibration text too: a missing file or column, or no Hub, fails before any download
+    # Checks in order of cost: a local model's config (free), then the calibration text (a
+    # missing file or column, or no Hub, fails before any download), then a Hub model's download.
     calibration = calibration or CalibrationOptions()
+    resolved = _resolve_and_check(source, spec, budget, export_format) if is_local(source.spec) else None
     texts = calibration_text(calibration, source.spec) if spec.needs_calibration else None
-    resolved = resolve_source(source.spec, allow_pickle=source.allow_pickle, base_model=source.base_model)
-    config = read_config(resolved.local_dir)
-    family = adapter_for(str(config.get("model_type")))  # unsupported families fail before loading weights
-    if spec.unit_kind == "block" and budget.by == "units":
-        budget.unit_count(config["num_hidden_layers"])
-    if spec.unit_kind == "sublayer" and budget.by == "units":
-        budget.unit_count(2 * config["num_hidden_layers"], "sublayers")
-    if export_format == "compact" and spec.unit_kind == "sublayer":
-        from hubprune.export_compact import check_compact_supported
-
-        check_compact_supported(config, family)
+    resolved = resolved or _resolve_and_check(source, spec, budget, export_format)
     loaded = load(source, resolved)
     before = model_cost(loaded.model, adapter=loaded.adapter)
     start = time.perf_counter()
@@ -221,6 +213,24 @@ def prune(
         )
         manifest.save(folder)
     return manifest
+
+
+def _resolve_and_check(
+    source: SourceOptions, spec: Any, budget: Budget, export_format: str
+) -> ResolvedSource:
+    """Resolve the source and check what its config alone decides: family, unit budget, format."""
+    resolved = resolve_source(source.spec, allow_pickle=source.allow_pickle, base_model=source.base_model)
+    config = read_config(resolved.local_dir)
+    family = adapter_for(str(config.get("model_type")))  # unsupported families fail before loading weights
+    if spec.unit_kind == "block" and budget.by == "units":
+        budget.unit_count(config["num_hidden_layers"])
+    if spec.unit_kind == "sublayer" and budget.by == "units":
+        budget.unit_count(2 * config["num_hidden_layers"], "sublayers")
+    if export_format == "compact" and spec.unit_kind == "sublayer":
+        from hubprune.export_compact import check_compact_supported
+
+        check_compact_supported(config, family)
+    return resolved
 
 
 EXPORT_FORMATS = ("plain", "compact")

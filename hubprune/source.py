@@ -49,6 +49,12 @@ def split_revision(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
+def is_local(spec: str) -> bool:
+    """Whether `spec` names something on this machine (a folder, a GGUF file or bundled offline
+    material) rather than a Hub repo, so resolving it downloads nothing."""
+    return spec.startswith(offline.PREFIX) or _looks_local(spec)
+
+
 def _looks_local(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists()
 
