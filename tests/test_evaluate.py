@@ -201,10 +201,11 @@ def test_offline_run_defaults_to_offline_text(
 
 
 def test_data_is_checked_before_any_model(tiny: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
-    """eval and prune load their text before resolving or loading a model: a missing file is a
+    """eval and prune load their text before loading weights (prune: before downloading a Hub
+    model; a local model's config is read first, which costs nothing): a missing file is a
     DataError and a Hub default without the Hub a fast HubUnreachableError naming the offline
     options; a prune from an offline: source calibrates on offline text. Would catch: text loaded
-    after the weights, or a Hub default for an offline source."""
+    after the weights or the download, or a Hub default for an offline source."""
     import time
 
     from hubprune import pipeline
@@ -215,17 +216,16 @@ def test_data_is_checked_before_any_model(tiny: dict[str, Path], tmp_path: Path,
         raise AssertionError("a model was resolved before the data was checked")
 
     monkeypatch.setattr(runner, "_resolve", no_model)
-    monkeypatch.setattr(pipeline, "resolve_source", no_model)
+    monkeypatch.setattr(pipeline, "load", no_model)
     with pytest.raises(DataError, match="missing.txt does not exist"):
         evaluation.evaluate_run(tiny["run"], tasks=[], perplexity_data=str(tmp_path / "missing.txt"))
+    missing = pipeline.CalibrationOptions(dataset=str(tmp_path / "missing.txt"))
     with pytest.raises(DataError, match="missing.txt does not exist"):
-        prune(
-            SourceOptions(str(tiny["base"])),
-            "perplexity",
-            Budget(1),
-            tmp_path / "out",
-            calibration=pipeline.CalibrationOptions(dataset=str(tmp_path / "missing.txt")),
-        )
+        prune(SourceOptions(str(tiny["base"])), "perplexity", Budget(1), tmp_path / "out", calibration=missing)
+    with monkeypatch.context() as hub_model:
+        hub_model.setattr(pipeline, "resolve_source", no_model)  # a Hub id: nothing downloaded first
+        with pytest.raises(DataError, match="missing.txt does not exist"):
+            prune(SourceOptions("owner/model"), "perplexity", Budget(1), tmp_path / "out", calibration=missing)
     monkeypatch.setattr("hubprune.hub.hub_reachable", lambda: False)
     start = time.perf_counter()
     with pytest.raises(HubUnreachableError, match="--perplexity-data offline:xsum .*--no-perplexity"):
