@@ -21,6 +21,8 @@ from hubprune.errors import RecipeError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "hubprune.json"
+#: Beside the manifest, never published: the source spec and recipe text with their local paths.
+LOCAL_RECORD_NAME = ".hubprune-local.json"
 
 UNIT_KINDS = ("block", "attn", "mlp", "heads", "channels", "width")
 
@@ -186,16 +188,36 @@ class Manifest:
 
     def save(self, folder: str | Path) -> Path:
         """Write sorted, indented JSON to `folder/hubprune.json`, replacing it in one rename so a
-        reader or a kill never meets half a manifest."""
+        reader or a kill never meets half a manifest.
+
+        The manifest is published, so every absolute local path in it is written as
+        ``local:<name>`` (:mod:`hubprune.redact`). The fields as they were (the source spec eval
+        compares with, the recipe text a re-run compares settings with) go to the hidden
+        ``.hubprune-local.json`` beside it, which publishing skips; :meth:`load` puts them back.
+        """
+        from hubprune.redact import public_record
         from hubprune.rundir import atomic_write_text  # rundir reads MANIFEST_NAME from here
 
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-        return atomic_write_text(Path(folder) / MANIFEST_NAME, text)
+        folder = Path(folder)
+        data = self.to_dict()
+        public = public_record(data)
+        local = {key: value for key, value in data.items() if public[key] != value}
+        local_path = folder / LOCAL_RECORD_NAME
+        if local:
+            atomic_write_text(local_path, json.dumps(local, indent=2, sort_keys=True) + "\n")
+        else:
+            local_path.unlink(missing_ok=True)
+        text = json.dumps(public, indent=2, sort_keys=True) + "\n"
+        return atomic_write_text(folder / MANIFEST_NAME, text)
 
     @classmethod
     def load(cls, folder: str | Path) -> Manifest:
+        """Read `folder/hubprune.json`, with the local values of :meth:`save` put back when present."""
         path = Path(folder) / MANIFEST_NAME
         data = json.loads(path.read_text(encoding="utf-8"))
+        local_path = Path(folder) / LOCAL_RECORD_NAME
+        if local_path.is_file():
+            data.update(json.loads(local_path.read_text(encoding="utf-8")))
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
         data["plan"] = Plan.from_dict(data["plan"])

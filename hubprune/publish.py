@@ -34,6 +34,7 @@ from typing import Any
 from hubprune import __version__
 from hubprune.errors import HubpruneError, PublishError
 from hubprune.plan import MANIFEST_NAME, Manifest
+from hubprune.redact import public_text
 
 # Remote files that a re-publish deletes when the new folder does not have them: weights
 # (a different shard count), their index, and the files hubprune itself generates.
@@ -142,7 +143,7 @@ def default_commit_message(manifest: Manifest) -> str:
     else:
         what = f"{len(plan.removed)} units"
     fraction = 1 - after["params_total"] / before["params_total"] if before.get("params_total") else 0.0
-    return f"Prune {base}: remove {what} with {plan.method} (-{fraction:.1%} parameters)"
+    return public_text(f"Prune {base}: remove {what} with {plan.method} (-{fraction:.1%} parameters)")
 
 
 def actions_run_url(env: dict[str, str] | None = None) -> str | None:
@@ -176,7 +177,7 @@ def commit_description(manifest: Manifest) -> str:
     run_url = actions_run_url()
     if run_url:
         lines.append(f"GitHub Actions run: {run_url}")
-    return "\n".join(lines)
+    return public_text("\n".join(lines))
 
 
 # -- local validation ----------------------------------------------------------------------------------

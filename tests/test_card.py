@@ -532,18 +532,23 @@ def test_nothing_published_holds_a_local_path(tmp_path):
     options = CalibrationOptions(dataset=str(calibration), samples=2, seq_len=16)
     prune(SourceOptions(str(source)), "block-influence", Budget(1), out, calibration=options)
     card.render_card(out)
+    from hubprune.publish import local_files
+
+    uploaded = local_files(out)  # what publish would send
     texts = {
-        p.name: p.read_text(encoding="utf-8") for p in out.rglob("*") if p.suffix in (".md", ".json", ".svg")
+        name: (out / name).read_text(encoding="utf-8")
+        for name in uploaded
+        if name.endswith((".md", ".json", ".svg"))
     }
     assert {"README.md", "hubprune.json", "config.json", "layer_map.svg"} <= set(texts)
-    manifest = Manifest.load(out)
-    # Known gap: `hubprune eval RUN` finds the base model through source.spec, so the manifest
-    # still holds the local source folder; everything else is checked.
-    assert manifest.source["spec"] == str(source)
-    texts["hubprune.json"] = texts["hubprune.json"].replace(json.dumps(str(source)), '"SOURCE"')
     for name, text in texts.items():
         for local in (str(tmp_path), str(Path.home()), tmp_path.name):
             assert local not in text, f"{name} contains {local}"
+    # The source as typed stays on this machine only, beside the manifest, for `hubprune eval`.
+    assert ".hubprune-local.json" not in uploaded and (out / ".hubprune-local.json").is_file()
+    manifest = Manifest.load(out)
+    assert manifest.source["spec"] == str(source)
+    assert json.loads(texts["hubprune.json"])["source"]["spec"] == "local:my-model"
     assert "`local:my-model`" in texts["README.md"]
     assert manifest.plan.calibration.source == "local:calibration.txt"
     assert manifest.plan.calibration.file_sha256  # the name is short; the hash pins the content

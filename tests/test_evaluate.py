@@ -148,8 +148,9 @@ def test_recovered_run_reports_three_columns(tiny: dict[str, Path], cache: Path,
     assert ppl["recovered"] != ppl["pruned"]
     assert report["tasks"] == {} and report["lm_eval"] == {} and report["settings"]["tasks"] == []
     assert set(report["cost"]) == {"base", "pruned", "recovered", "change"}
-    assert report["models"]["pruned"]["path"] == str(tiny["run"])
-    assert report["models"]["recovered"]["path"] == str(recovered)
+    # the report is published with the run folder: local folders by name only
+    assert report["models"]["pruned"]["path"] == f"local:{tiny['run'].name}"
+    assert report["models"]["recovered"]["path"] == f"local:{recovered.name}"
     assert Manifest.load(recovered).stages["evaluate"]["final"] == "recovered"
 
 
@@ -221,11 +222,15 @@ def test_data_is_checked_before_any_model(tiny: dict[str, Path], tmp_path: Path,
         evaluation.evaluate_run(tiny["run"], tasks=[], perplexity_data=str(tmp_path / "missing.txt"))
     missing = pipeline.CalibrationOptions(dataset=str(tmp_path / "missing.txt"))
     with pytest.raises(DataError, match="missing.txt does not exist"):
-        prune(SourceOptions(str(tiny["base"])), "perplexity", Budget(1), tmp_path / "out", calibration=missing)
+        prune(
+            SourceOptions(str(tiny["base"])), "perplexity", Budget(1), tmp_path / "out", calibration=missing
+        )
     with monkeypatch.context() as hub_model:
         hub_model.setattr(pipeline, "resolve_source", no_model)  # a Hub id: nothing downloaded first
         with pytest.raises(DataError, match="missing.txt does not exist"):
-            prune(SourceOptions("owner/model"), "perplexity", Budget(1), tmp_path / "out", calibration=missing)
+            prune(
+                SourceOptions("owner/model"), "perplexity", Budget(1), tmp_path / "out", calibration=missing
+            )
     monkeypatch.setattr("hubprune.hub.hub_reachable", lambda: False)
     start = time.perf_counter()
     with pytest.raises(HubUnreachableError, match="--perplexity-data offline:xsum .*--no-perplexity"):

@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM
 from hubprune.export import folder_files
 from hubprune.methods import Budget
 from hubprune.pipeline import SourceOptions, prune
-from hubprune.plan import MANIFEST_NAME, Manifest
+from hubprune.plan import LOCAL_RECORD_NAME, MANIFEST_NAME, Manifest
 from hubprune.rundir import FAULT_ENV
 from tests.tiny import SAMPLE_TEXT, save_tiny
 
@@ -91,7 +91,8 @@ def _complete(out: Path) -> Manifest | None:
         return None
     assert (out / MANIFEST_NAME).is_file(), f"{out} exists without its manifest"
     manifest = Manifest.load(out)
-    assert set(folder_files(out)) == {*manifest.export["files"], MANIFEST_NAME}
+    # beside the manifest, unpublished: the local source path as typed (Manifest.save)
+    assert set(folder_files(out)) - {LOCAL_RECORD_NAME} == {*manifest.export["files"], MANIFEST_NAME}
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.num_hidden_layers == manifest.model_after["num_blocks"]
     return manifest

@@ -98,6 +98,9 @@ def test_full_cycle(hub_server, run_dir, token):
     assert {"README.md", "model.safetensors", "hubprune.json", "layer_map.svg"} <= set(hub_server.files(REPO))
 
     local = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
+    # the source path as typed stays on this machine (Manifest.save): never uploaded
+    assert ".hubprune-local.json" in local
+    local.remove(".hubprune-local.json")
     snapshot = Path(snapshot_download(REPO))
     assert sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()) == sorted(
         [*local, ".gitattributes"]

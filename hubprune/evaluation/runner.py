@@ -35,6 +35,7 @@ from hubprune.evaluation.settings import (
     make_settings,
 )
 from hubprune.plan import MANIFEST_NAME, Manifest
+from hubprune.redact import public_record
 from hubprune.tasks import ResolvedTasks, resolve_tasks
 
 log = logging.getLogger(__name__)
@@ -278,7 +279,7 @@ def _report(
         report["perplexity"]["data"]["chosen"] = (
             "default for an offline model (choose with --perplexity-data)"
         )
-    return report
+    return public_record(report)  # it is published with the run folder: no local paths
 
 
 def evaluate_run(
