@@ -445,6 +445,24 @@ def test_dropped_commit_request_says_the_commit_may_have_been_made(hub_server, r
     assert result.commit_sha == head(hub_server) and remote_weights(hub_server) == ["model.safetensors"]
 
 
+def test_ctrl_c_after_creating_the_repo_says_what_was_left(hub_server, run_dir, token, monkeypatch, capsys):
+    """Catches Ctrl-C during the upload leaving an empty repo behind without a word about it."""
+    from huggingface_hub import HfApi
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(HfApi, "upload_folder", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        publish(run_dir, REPO, private=True)
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"hubprune: interrupted; the repo {REPO} was created by this publish but holds no commit: run the same "
+        f"command again to finish, or delete it with `hf repos delete {REPO}` (or on "
+        f"{hub_server.endpoint}/{REPO}/settings)"
+    )
+    assert set(hub_server.files(REPO)) == {".gitattributes"}
+
+
 def test_repo_is_created_after_every_check_right_before_the_upload(hub_server, run_dir, token, monkeypatch):
     """Catches the repo being created before the card is written or before the Hub validated its YAML
     (a failure there would leave an empty repo), or anything but the upload coming after it."""
