@@ -7,14 +7,21 @@ Order of work, so that a failure leaves nothing half-published:
 2. render the card for the target repo and validate everything locally: the folder reloads
    with transformers, one forward pass gives finite logits, the card's metadata parses and
    names a Hub id (never a local path) as ``base_model``;
-3. ask the Hub to validate the card's YAML (``/api/validate-yaml``) *before* creating anything;
-4. ``create_repo(exist_ok=True, private=<explicit>)``, and a branch when ``revision`` is new;
+3. ask the Hub to validate the card's YAML (``/api/validate-yaml``) *before* creating anything,
+   and write the card and the pictures it links into the folder;
+4. only then, right before the upload, ``create_repo(exist_ok=True, private=<explicit>)``, and a
+   branch when ``revision`` is new;
 5. one ``upload_folder`` of the whole folder: card and weights in the same commit, stale
    shards removed through ``delete_patterns`` in that commit, ``parent_commit`` pinned to the
    head we looked at (someone else's commit in between is a 412, not a silent overwrite).
 
-LFS objects are uploaded before the commit is created, so a dropped connection leaves the
-repo untouched; re-running the same command skips the objects already stored and commits.
+LFS objects are uploaded before the commit is created, so a dropped connection or a kill leaves
+the repo as it was; re-running the same command skips the objects already stored and commits.
+The one thing a failed or killed publish can leave is what step 4 created: a repo (or branch)
+that holds no commit of ours. The error (or, on Ctrl-C, the last line) names it and says how to
+finish (run the same command again) or remove it (``hf repos delete``). Fault points for
+tests/test_publish_faults.py (``HUBPRUNE_FAULT``, see `hubprune.rundir.fault_point`):
+``publish-before-hub-write``, ``publish-after-create``, ``publish-after-commit``.
 Publishing never edits ``hubprune.json``: what is uploaded is the run folder as it is (plus the
 card re-rendered for the target repo), and ``hubprune run`` records the result itself.
 
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +43,7 @@ from hubprune import __version__
 from hubprune.errors import HubpruneError, PublishError
 from hubprune.plan import MANIFEST_NAME, Manifest
 from hubprune.redact import public_text
+from hubprune.rundir import fault_point
 
 # Remote files that a re-publish deletes when the new folder does not have them: weights
 # (a different shard count), their index, and the files hubprune itself generates.
@@ -445,6 +454,7 @@ def _publish_remote(
         result.unchecked = [check.format(repo=repo_id) for check in REMOTE_CHECKS]
         _print_dry_run(result, folder, None, create_pr)
         return result
+    created = ""  # what this publish created on the Hub (a repo, a branch), named if it fails
     try:
         # What is there now: existing files (for the stale-shard deletions) and the head to pin.
         exists, branch_missing, head, remote_files = True, False, None, []
@@ -471,21 +481,29 @@ def _publish_remote(
             _print_dry_run(result, folder, exists, create_pr)
             return result
 
-        if not exists:
-            _say(f"creating {'private' if private else 'public'} repo {repo_id}")
-        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        result.repo_url = str(repo_url)
-        if revision and not revision.startswith("refs/") and (branch_missing or not exists):
-            _say(f"creating branch {branch} from main")
-            api.create_branch(repo_id, branch=branch, exist_ok=True)
-        if not exists or branch_missing:
-            head = api.repo_info(repo_id, revision=None if create_pr else revision).sha
-
         if rewrite_card:
             render_card(folder, repo_id=repo_id)  # the card checked above, and the pictures it links
             # What upload_folder sends and deletes now, exactly (the head is pinned, so remote_files holds).
             result.files = local_files(folder)
             result.deleted = stale_files(remote_files, result.files)
+        fault_point("publish-before-hub-write")
+
+        # Created as late as possible: after every local check and the Hub's validation, right before
+        # the upload, so that a failure before this point leaves nothing on the Hub.
+        if not exists:
+            _say(f"creating {'private' if private else 'public'} repo {repo_id}")
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        result.repo_url = str(repo_url)
+        if not exists:
+            created = f"the repo {repo_id}"
+        if revision and not revision.startswith("refs/") and (branch_missing or not exists):
+            _say(f"creating branch {branch} from main")
+            api.create_branch(repo_id, branch=branch, exist_ok=True)
+            created = created or f"the branch {branch} of {repo_id}"
+        if not exists or branch_missing:
+            head = api.repo_info(repo_id, revision=None if create_pr else revision).sha
+        fault_point("publish-after-create")
+
         _say(f"uploading {len(result.files)} files to {where}" + (" as a pull request" if create_pr else ""))
         info = api.upload_folder(
             repo_id=repo_id,
@@ -499,12 +517,21 @@ def _publish_remote(
             delete_patterns=[glob.escape(name) for name in result.deleted] or None,
             parent_commit=head,
         )
+        fault_point("publish-after-commit")
     except PublishError:
         raise
+    except KeyboardInterrupt:
+        if created:
+            print(
+                f"hubprune: interrupted; {_left_behind(created, repo_id, branch)}",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise
     except (LocalTokenNotFoundError, OIDCError) as err:
-        raise PublishError(f"no usable Hub token: {err}") from err
+        raise PublishError(f"no usable Hub token: {err}" + _also_left(created, repo_id, branch)) from err
     except HfHubHTTPError as err:
-        raise PublishError(_http_message(err, repo_id, where)) from err
+        raise PublishError(_http_message(err, repo_id, where) + _also_left(created, repo_id, branch)) from err
     except ValueError as err:  # the Hub's YAML validation (before anything is uploaded)
         raise PublishError(
             f"the Hub rejected the model card metadata, nothing was published: {_yaml_errors(str(err))}"
@@ -513,7 +540,9 @@ def _publish_remote(
         # huggingface_hub wraps a failed LFS transfer in RuntimeError("Error while uploading ...").
         cause = _find_cause(err, (HfHubHTTPError, *_transport_errors()))
         if isinstance(cause, HfHubHTTPError):
-            raise PublishError(_http_message(cause, repo_id, where)) from err
+            raise PublishError(
+                _http_message(cause, repo_id, where) + _also_left(created, repo_id, branch)
+            ) from err
         if cause is None:
             raise
         if dry_run:
@@ -521,9 +550,19 @@ def _publish_remote(
                 f"the connection to the Hub dropped while the dry run checked {where} ({type(cause).__name__}); "
                 "nothing was changed"
             ) from err
+        if _during_commit(cause):  # the Hub may have made the commit without our hearing the answer
+            raise PublishError(
+                f"the connection to the Hub dropped while committing to {where} ({type(cause).__name__}), so "
+                "the commit may or may not have been made; "
+                + (
+                    _left_behind(created, repo_id, branch, maybe_committed=True)
+                    or "run the same command again to finish (it commits only what is missing)"
+                )
+            ) from err
         raise PublishError(
-            f"the connection to the Hub dropped while publishing {where} ({type(cause).__name__}); "
-            "nothing was committed: run the same command again to finish (uploaded files are not sent twice)"
+            f"the connection to the Hub dropped while publishing {where} ({type(cause).__name__}); nothing was "
+            "committed, and a re-run does not send the uploaded files twice; "
+            + (_left_behind(created, repo_id, branch) or "run the same command again to finish")
         ) from err
 
     result.commit_url = info.commit_url
@@ -540,6 +579,39 @@ def _publish_remote(
     if result.deleted:
         _say(f"deleted stale files: {', '.join(result.deleted)}")
     return result
+
+
+def _left_behind(created: str, repo_id: str, branch: str, maybe_committed: bool = False) -> str:
+    """What a failed publish left on the Hub and how to finish or remove it ("" when it created nothing):
+    the repo or branch it created holds no commit of ours (or, `maybe_committed`, may hold it)."""
+    if not created:
+        return ""
+    from huggingface_hub import constants
+
+    holds = "may hold the commit or none" if maybe_committed else "holds no commit"
+    if created.startswith("the repo"):
+        remove = f"`hf repos delete {repo_id}` (or on {constants.ENDPOINT}/{repo_id}/settings)"
+    else:
+        remove = f"`hf repos branch delete {repo_id} {branch}`"
+    return (
+        f"{created} was created by this publish but {holds}: run the same command again to finish, "
+        f"or delete it with {remove}"
+    )
+
+
+def _also_left(created: str, repo_id: str, branch: str) -> str:
+    """`_left_behind` as the tail of another error's sentence."""
+    left = _left_behind(created, repo_id, branch)
+    return f"; {left}" if left else ""
+
+
+def _during_commit(err: BaseException) -> bool:
+    """Whether a transport error happened on the commit request itself (not on an LFS upload)."""
+    try:
+        url = str(err.request.url)  # httpx errors carry their request; reading it unset raises RuntimeError
+    except (AttributeError, RuntimeError):
+        return False
+    return "/commit/" in url
 
 
 def _yaml_errors(text: str) -> str:

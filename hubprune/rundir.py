@@ -43,7 +43,8 @@ def fault_point(name: str) -> None:
 
     Points: ``before-stage`` (lock taken, nothing staged), ``during-stage`` (weights written, no
     manifest yet), ``before-rename`` (staging complete), ``between-renames`` (old folder set
-    aside, new one not yet in place), ``after-rename``.
+    aside, new one not yet in place), ``after-rename``; publish: ``publish-before-hub-write``,
+    ``publish-after-create``, ``publish-after-commit`` (see `hubprune.publish`).
     """
     if os.environ.get(FAULT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -67,7 +67,7 @@ def _cleanup() -> None:
 @pytest.fixture
 def hub_server() -> Iterator[HubServer]:
     """The session's fake Hub, emptied for this test: ``.endpoint``, ``.token``, ``.reject_yaml``,
-    ``.drop_next_lfs_upload``, ``.race_next_commit``, ``.concurrent_commit(repo_id)``, ``.files(repo_id)``,
+    ``.drop_next_lfs_upload``, ``.race_next_commit``, ``.on_request``, ``.concurrent_commit(repo_id)``, ``.files(repo_id)``,
     ``.requests``. Fails the test if the fake Hub hit an internal error while serving it."""
     from huggingface_hub import constants, hf_api
 

@@ -17,6 +17,10 @@ Failure injection (plain attributes, cleared by :meth:`HubServer.reset`):
 * ``race_next_commit``: truthy -> before handling the next commit POST the server itself pushes a commit to the
   target branch, so a commit that sent the previous head as ``parentCommit`` gets 412.
   :meth:`HubServer.concurrent_commit` does the same on demand.
+* ``on_request``: a callable given the route name (a method name of ``HubServer``: ``"commit"``, ``"lfs_put"``,
+  ...) of each request before it is handled; when it returns true the request is read and answered by closing
+  the connection without a response, and nothing is done. Tests use it to drop one route, or to kill a client
+  at an exact request.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import os
 import re
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -201,6 +206,7 @@ class HubServer:
             self.drop_next_lfs_upload: int = 0
             self.dropped_lfs_uploads = 0
             self.race_next_commit = False
+            self.on_request: Callable[[str], object] | None = None
             self.tree_page_size = 1000
 
     # -- helpers for tests ------------------------------------------------------------------------------------
@@ -545,6 +551,8 @@ class _Handler(BaseHTTPRequestHandler):
             if needs_auth and not auth:
                 raise HubError(401, "You must be authenticated to access this resource")
             groups = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
+            if hub.on_request is not None and hub.on_request(name):
+                raise _DropConnection
             with hub._lock:
                 status, payload, headers = getattr(hub, name)(groups, query, body, bool(auth))
         except _DropConnection:

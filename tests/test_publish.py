@@ -384,20 +384,111 @@ def test_repo_changed_under_us(hub_server, run_dir, token):
 
 
 def test_dropped_lfs_upload_then_rerun_completes(hub_server, run_dir, token, monkeypatch):
-    """Catches a dropped connection during the LFS upload leaving a half-published repo, or a re-run
-    that cannot finish. The client retries a dropped PUT 5 times; drop all 6 attempts."""
+    """Catches a dropped connection during the LFS upload leaving a half-published repo, an error that
+    does not say the repo it created is still there (and how to finish or delete it), or a re-run that
+    cannot finish. The client retries a dropped PUT 5 times; drop all 6 attempts."""
     import huggingface_hub.utils._http as http
 
     monkeypatch.setattr(http.time, "sleep", lambda seconds: None)  # skip the client's backoff waits
     hub_server.drop_next_lfs_upload = 6
-    with pytest.raises(PublishError, match="connection to the Hub dropped.*run the same command again"):
+    with pytest.raises(PublishError) as info:
         publish(run_dir, REPO, private=False)
+    assert str(info.value) == (
+        f"the connection to the Hub dropped while publishing {REPO}@main (RemoteProtocolError); nothing was "
+        "committed, and a re-run does not send the uploaded files twice; the repo test-user/tiny-pruned was "
+        "created by this publish but holds no commit: run the same command again to finish, or delete it with "
+        f"`hf repos delete {REPO}` (or on {hub_server.endpoint}/{REPO}/settings)"
+    )
     assert hub_server.dropped_lfs_uploads == 6
     assert set(hub_server.files(REPO)) == {".gitattributes"}  # the repo exists, but no commit was made
     hub_server.drop_next_lfs_upload = 0
     result = publish(run_dir, REPO, private=False)
     assert result.commit_sha == head(hub_server)
     assert remote_weights(hub_server) == ["model.safetensors"]
+
+
+def test_dropped_upload_to_a_new_branch_names_the_branch_not_the_repo(
+    hub_server, run_dir, token, monkeypatch
+):
+    """Catches an error after a failed upload to a new branch of an existing repo that offers to delete
+    the whole repo, or says nothing of the branch it created."""
+    import huggingface_hub.utils._http as http
+
+    monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
+    publish(run_dir, REPO, private=False)
+    reshard(run_dir, "150KB")  # new shards: something to upload
+    hub_server.drop_next_lfs_upload = 100  # every attempt of every shard
+    with pytest.raises(PublishError) as info:
+        publish(run_dir, REPO, private=False, revision="experiment")
+    message = str(info.value)
+    assert message.endswith(
+        f"the branch experiment of {REPO} was created by this publish but holds no commit: run the same "
+        f"command again to finish, or delete it with `hf repos branch delete {REPO} experiment`"
+    )
+    assert "hf repos delete" not in message
+    assert head(hub_server, "experiment") == head(hub_server)  # created from main, nothing on it
+
+
+def test_dropped_commit_request_says_the_commit_may_have_been_made(hub_server, run_dir, token):
+    """Catches a connection dropped on the commit request itself (the Hub may have committed without our
+    hearing the answer) being reported as "nothing was committed", and a re-run that cannot finish."""
+    hub_server.on_request = lambda route: route == "commit"
+    with pytest.raises(PublishError) as info:
+        publish(run_dir, REPO, private=False)
+    message = str(info.value)
+    assert message.startswith(
+        f"the connection to the Hub dropped while committing to {REPO}@main (RemoteProtocolError), so the "
+        f"commit may or may not have been made; the repo {REPO} was created by this publish but may hold the "
+        "commit or none: run the same command again to finish"
+    )
+    assert "nothing was committed" not in message and f"`hf repos delete {REPO}`" in message
+    assert set(hub_server.files(REPO)) == {".gitattributes"}
+    hub_server.on_request = None
+    result = publish(run_dir, REPO, private=False)
+    assert result.commit_sha == head(hub_server) and remote_weights(hub_server) == ["model.safetensors"]
+
+
+def test_ctrl_c_after_creating_the_repo_says_what_was_left(hub_server, run_dir, token, monkeypatch, capsys):
+    """Catches Ctrl-C during the upload leaving an empty repo behind without a word about it."""
+    from huggingface_hub import HfApi
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(HfApi, "upload_folder", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        publish(run_dir, REPO, private=True)
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"hubprune: interrupted; the repo {REPO} was created by this publish but holds no commit: run the same "
+        f"command again to finish, or delete it with `hf repos delete {REPO}` (or on "
+        f"{hub_server.endpoint}/{REPO}/settings)"
+    )
+    assert set(hub_server.files(REPO)) == {".gitattributes"}
+
+
+def test_repo_is_created_after_every_check_right_before_the_upload(hub_server, run_dir, token, monkeypatch):
+    """Catches the repo being created before the card is written or before the Hub validated its YAML
+    (a failure there would leave an empty repo), or anything but the upload coming after it."""
+    import hubprune.card
+
+    def fail(*args, **kwargs):
+        raise PublishError("the card cannot be written")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(hubprune.card, "render_card", fail)
+        with pytest.raises(PublishError, match="the card cannot be written"):
+            publish(run_dir, REPO, private=False)
+    assert not hub_server.repos  # a local failure after the Hub's checks left nothing behind
+
+    hub_server.requests.clear()
+    publish(run_dir, REPO, private=False)
+    routes = [path for method, path in hub_server.requests if method in ("POST", "PUT")]
+    created = routes.index("/api/repos/create")
+    assert routes.index("/api/validate-yaml") < created
+    after = [
+        route for route in routes[created + 1 :] if route != "/api/validate-yaml"
+    ]  # upload_folder checks too
+    assert after[0].startswith(f"/api/models/{REPO}/preupload/"), routes
 
 
 def test_model_that_does_not_load(hub_server, run_dir, token):
