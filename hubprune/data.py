@@ -77,6 +77,15 @@ def offline_alternative() -> str:
     return ", ".join(f"{offline.PREFIX}{name}" for name in offline.TEXTS)
 
 
+def check_text_spec(spec: str, what: str) -> None:
+    """Cheap checks of a text source, without loading it: an `offline:` name must exist and a local
+    file must be there (for recipe validation, before a run starts)."""
+    if spec.startswith(offline.PREFIX):
+        offline.text_path(spec)  # raises for an unknown name or a missing package
+    elif _is_local(spec) and not Path(spec).expanduser().is_file():
+        raise DataError(f"{what} file {spec} does not exist")
+
+
 def _is_local(spec: str) -> bool:
     return (
         Path(spec).expanduser().exists()

@@ -6,7 +6,6 @@ directly. Each returns plain objects (a Plan, a Manifest) that the next stage co
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from hubprune.methods import Budget, MethodContext, get_method
 from hubprune.plan import Manifest, Plan
 from hubprune.redact import public_text
 from hubprune.rundir import prepare_out_dir, staged_folder
-from hubprune.source import ResolvedSource, is_local, load_model, resolve_source
+from hubprune.source import ResolvedSource, is_local, load_model, read_model_config, resolve_source
 from hubprune.surgery import apply_plan
 
 
@@ -77,11 +76,6 @@ def load(options: SourceOptions, resolved: ResolvedSource | None = None) -> Load
         allow_pickle=options.allow_pickle,
     )
     return Loaded(source, model, tokenizer, adapter_for(model), {"load_s": time.perf_counter() - start})
-
-
-def read_config(folder: Path) -> dict[str, Any]:
-    """The raw `config.json` of a model folder, without building anything."""
-    return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
 
 
 def calibration_text(options: CalibrationOptions, source_spec: str) -> TextSource:
@@ -167,6 +161,7 @@ def prune(
         raise RecipeError(
             f"unknown export format '{export_format}'; choose from: {', '.join(EXPORT_FORMATS)}"
         )
+    check_run_settings(batch_size=batch_size, max_shard_size=max_shard_size)
     prepare_out_dir(out_dir, overwrite, source=source.spec)  # fail before any expensive work
     spec = get_method(method)
     spec.make_params(method_params)  # a bad method argument fails before loading weights
@@ -215,12 +210,26 @@ def prune(
     return manifest
 
 
+def check_run_settings(*, batch_size: int, max_shard_size: str | int) -> None:
+    """Reject a batch size below 1 or a shard size transformers cannot read, before any work."""
+    from transformers.utils.hub import convert_file_size_to_int
+
+    if batch_size < 1:
+        raise RecipeError(f"--batch-size must be at least 1, got {batch_size}")
+    try:
+        convert_file_size_to_int(max_shard_size)
+    except ValueError as err:
+        raise RecipeError(
+            f"--max-shard-size must be a size such as 2GB, 500MB or a byte count, got '{max_shard_size}'"
+        ) from err
+
+
 def _resolve_and_check(
     source: SourceOptions, spec: Any, budget: Budget, export_format: str
 ) -> ResolvedSource:
     """Resolve the source and check what its config alone decides: family, unit budget, format."""
     resolved = resolve_source(source.spec, allow_pickle=source.allow_pickle, base_model=source.base_model)
-    config = read_config(resolved.local_dir)
+    config = read_model_config(resolved.local_dir, source.spec)
     family = adapter_for(str(config.get("model_type")))  # unsupported families fail before loading weights
     if spec.unit_kind == "block" and budget.by == "units":
         budget.unit_count(config["num_hidden_layers"])

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hubprune import __version__
-from hubprune.errors import RecipeError
+from hubprune.errors import HubpruneError, RecipeError, SourceError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "hubprune.json"
@@ -214,11 +214,21 @@ class Manifest:
     def load(cls, folder: str | Path) -> Manifest:
         """Read `folder/hubprune.json`, with the local values of :meth:`save` put back when present."""
         path = Path(folder) / MANIFEST_NAME
-        data = json.loads(path.read_text(encoding="utf-8"))
-        local_path = Path(folder) / LOCAL_RECORD_NAME
-        if local_path.is_file():
-            data.update(json.loads(local_path.read_text(encoding="utf-8")))
-        known = {f.name for f in fields(cls)}
-        data = {k: v for k, v in data.items() if k in known}
-        data["plan"] = Plan.from_dict(data["plan"])
-        return cls(**data)
+        if not path.is_file():
+            raise SourceError(f"{folder} is not a hubprune run folder (it has no {MANIFEST_NAME})")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            local_path = Path(folder) / LOCAL_RECORD_NAME
+            if local_path.is_file():
+                data.update(json.loads(local_path.read_text(encoding="utf-8")))
+            known = {f.name for f in fields(cls)}
+            data = {k: v for k, v in data.items() if k in known}
+            data["plan"] = Plan.from_dict(data["plan"])
+            return cls(**data)
+        except HubpruneError:
+            raise  # a plan that names something unknown says so itself
+        except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSON errors are ValueErrors
+            what = f"no {err}" if isinstance(err, KeyError) else str(err)
+            raise SourceError(
+                f"{path} is not a valid hubprune manifest ({what}); re-run the stage that wrote it"
+            ) from err

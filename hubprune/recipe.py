@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from hubprune.errors import RecipeError
+from hubprune.errors import HubpruneError, RecipeError
 
 # The optional stages and the module that provides each; a recipe asking for one that is not
 # installed is refused by name rather than failing half-way through a run.
@@ -165,6 +165,15 @@ class RecoverySettings(_Section):
     data: str = Field(
         min_length=1, description="Hub dataset id, local .txt/.jsonl/.json/.parquet, or offline:NAME"
     )
+
+    @field_validator("data")
+    @classmethod
+    def _data_there(cls, value: str) -> str:
+        from hubprune.data import check_text_spec
+
+        check_text_spec(value, "training data")  # a missing file fails validation, not the run
+        return value
+
     data_config: str | None = None
     data_revision: str | None = None
     split: str = "train"
@@ -492,3 +501,21 @@ def resolved_yaml(recipe: Recipe) -> str:
     import yaml
 
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
+
+
+def check_resources(recipe: Recipe) -> None:
+    """Checks that look outside the recipe (lm-eval's task index, text files), so that a run
+    does not fail at its evaluate stage after pruning and training: unknown tasks, a missing
+    perplexity file. `hubprune validate` and `hubprune run` call it before anything is loaded."""
+    section = recipe.evaluate
+    if section is None:
+        return
+    from hubprune.data import check_text_spec
+    from hubprune.tasks import resolve_tasks
+
+    try:
+        resolve_tasks(section.tasks, tasks_path=section.tasks_path)
+        if section.perplexity and section.perplexity_data:
+            check_text_spec(section.perplexity_data, "perplexity text")
+    except HubpruneError as err:
+        raise RecipeError(f"evaluate: {err}") from err

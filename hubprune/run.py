@@ -64,7 +64,7 @@ def run_recipe(
     A Recipe object is recorded in the manifest as its resolved YAML, a file as written.
     """
     from hubprune.errors import RecipeError
-    from hubprune.recipe import read_recipe, resolved_yaml
+    from hubprune.recipe import check_resources, read_recipe, resolved_yaml
 
     unknown = sorted(set(redo) - set(STAGES))
     if unknown:
@@ -74,6 +74,7 @@ def run_recipe(
     else:
         path = recipe
         recipe, text = read_recipe(path)
+    check_resources(recipe)  # an unknown task fails now, not after pruning and training
     dist = _distributed()
     main = dist is None or dist.is_main_process
     if main:

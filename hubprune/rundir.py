@@ -93,13 +93,16 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` to `path` through a temporary sibling and one rename, so a reader (or a kill)
     sees the old file or the new one, never half of one."""
     path = Path(path)
-    remove_stale(path)
-    tmp = _leftover_name(path, "tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        remove_stale(path)
+        tmp = _leftover_name(path, "tmp")
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as err:  # read-only folder, full disk, no permission: the user's to fix
+        raise ExportError(f"cannot write {path} ({err.strerror or err})") from err
     return path
 
 

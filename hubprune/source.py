@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from hubprune import hub, offline
 from hubprune.errors import RecipeError, SourceError
 
@@ -75,6 +77,8 @@ def resolve_source(spec: str, *, allow_pickle: bool = False, base_model: str | N
         return ResolvedSource(spec, "gguf", folder, base_model)
     if _looks_local(spec):
         path = Path(spec).expanduser()
+        if path.is_file():
+            raise SourceError(f"{spec} is a file; give the model's folder (or a .gguf file)")
         if not path.is_dir():
             raise SourceError(f"local model folder {spec} does not exist")
         if not (path / "config.json").is_file():
@@ -98,6 +102,29 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     return getattr(torch, dtype)
 
 
+def read_model_config(folder: Path, spec: str) -> dict[str, Any]:
+    """A model folder's `config.json` as a dict; a file that is not JSON is the user's to fix."""
+    try:
+        return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SourceError(
+            f"the config.json of {spec} is not valid JSON ({err}); fix or re-download it"
+        ) from err
+
+
+def _weights_corrupt(folder: Path) -> bool:
+    """Whether any .safetensors file in `folder` fails to open (truncated, or not safetensors)."""
+    from safetensors import safe_open
+
+    for path in Path(folder).glob("*.safetensors"):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception:
+            return True
+    return False
+
+
 def default_device() -> str:
     import torch
 
@@ -115,23 +142,36 @@ def load_model(
     """Load (model, tokenizer) in eval mode. Architecture support is checked from the config first,
     so an unsupported family fails before any weights are read; pickled weights load only with
     `allow_pickle` (unpickling can run arbitrary code)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hubprune.arch import adapter_for
 
     device = device or default_device()
-    model_type = json.loads((source.local_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
+    try:
+        torch.device(device)
+    except RuntimeError as err:
+        raise RecipeError(f"'{device}' is not a device torch knows (cpu, cuda, cuda:1, mps, ...)") from err
+    model_type = read_model_config(source.local_dir, source.spec).get("model_type")
     adapter_for(str(model_type))
     if not allow_pickle and not any(source.local_dir.glob("*.safetensors")):
         raise SourceError(
             f"{source.spec} has no safetensors weights (pickled .bin weights load only with --allow-pickle)"
         )
-    model = AutoModelForCausalLM.from_pretrained(
-        source.local_dir,
-        dtype=resolve_dtype(dtype, device),
-        trust_remote_code=trust_remote_code,
-        use_safetensors=None if allow_pickle else True,
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.local_dir,
+            dtype=resolve_dtype(dtype, device),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+        )
+    except (OSError, SafetensorError) as err:
+        if not _weights_corrupt(source.local_dir):
+            raise
+        raise SourceError(
+            f"the weights of {source.spec} cannot be read (a truncated or corrupt .safetensors file); "
+            "download or export the model again"
+        ) from err
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(source.local_dir, trust_remote_code=trust_remote_code)
     return model, tokenizer

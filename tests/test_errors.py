@@ -98,3 +98,184 @@ def test_library_mistakes_are_hubprune_errors():
         check_units([Unit("block", 1)], 2)
     with pytest.raises(HubpruneError, match="not a sublayer kind: 'attention'"):
         is_removed(adapter.blocks(model)[0], adapter, "attention")
+
+
+# -- bad files and settings: each one sentence, found before the long work (issue: reliability) --
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, tiny_dir):
+    """A broken model of each kind, a finished run folder and folders that only look like one."""
+    import json
+    import shutil
+
+    root = tmp_path_factory.mktemp("bad")
+    corrupt = root / "corrupt"
+    shutil.copytree(tiny_dir, corrupt)
+    weights = next(corrupt.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    bad_config = root / "bad-config"
+    shutil.copytree(tiny_dir, bad_config)
+    (bad_config / "config.json").write_text("{not json", encoding="utf-8")
+    run = root / "run"
+    assert (
+        main(["prune", str(tiny_dir), "--method", "reverse-order", "--amount", "1", "--out", str(run)]) == 0
+    )
+    truncated = root / "truncated"
+    shutil.copytree(run, truncated)
+    (truncated / "hubprune.json").write_text((run / "hubprune.json").read_text()[:200], encoding="utf-8")
+    no_plan = root / "no-plan"
+    shutil.copytree(run, no_plan)
+    manifest = json.loads((run / "hubprune.json").read_text())
+    del manifest["plan"]
+    (no_plan / "hubprune.json").write_text(json.dumps(manifest), encoding="utf-8")
+    text = root / "cal.txt"
+    text.write_text(SAMPLE_TEXT, encoding="utf-8")
+    return {
+        "tiny": tiny_dir,
+        "corrupt": corrupt,
+        "bad-config": bad_config,
+        "run": run,
+        "truncated": truncated,
+        "no-plan": no_plan,
+        "text": text,
+        "weights-file": weights,
+        "out": root / "out",
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["prune", "{corrupt}", "--method", "reverse-order", "--amount", "1", "--out", "{out}"],
+            "cannot be read",
+        ),
+        (
+            ["prune", "{bad-config}", "--method", "reverse-order", "--amount", "1", "--out", "{out}"],
+            "not valid JSON",
+        ),
+        (
+            ["prune", "{weights-file}", "--method", "reverse-order", "--amount", "1", "--out", "{out}"],
+            "is a file",
+        ),
+        (
+            ["prune", "{tiny}", "--method", "reverse-order", "--amount", "nan", "--out", "{out}"],
+            "finite number",
+        ),
+        (
+            [
+                "prune",
+                "{tiny}",
+                "--method",
+                "reverse-order",
+                "--amount",
+                "1",
+                "--batch-size",
+                "0",
+                "--out",
+                "{out}",
+            ],
+            "--batch-size must be at least 1",
+        ),
+        (
+            [
+                "prune",
+                "{tiny}",
+                "--method",
+                "reverse-order",
+                "--amount",
+                "1",
+                "--max-shard-size",
+                "banana",
+                "--out",
+                "{out}",
+            ],
+            "--max-shard-size must be a size",
+        ),
+        (
+            [
+                "prune",
+                "{tiny}",
+                "--method",
+                "reverse-order",
+                "--amount",
+                "1",
+                "--device",
+                "tpu9",
+                "--out",
+                "{out}",
+            ],
+            "not a device torch knows",
+        ),
+        (
+            ["recover", "{tiny}", "--mode", "partial", "--data", "{text}", "--out", "{out}"],
+            "not a hubprune run folder",
+        ),
+        (
+            ["eval", "{truncated}", "--tasks", "offline:piqa", "--no-perplexity"],
+            "not a valid hubprune manifest",
+        ),
+        (
+            ["eval", "{no-plan}", "--tasks", "offline:piqa", "--no-perplexity"],
+            "not a valid hubprune manifest (no 'plan')",
+        ),
+        (["card", "{truncated}"], "not a valid hubprune manifest"),
+    ],
+)
+def test_bad_files_and_settings_are_one_line(bad_inputs, argv, message, capsys):
+    """Would catch a SafetensorError, JSONDecodeError, KeyError, ValueError or RuntimeError
+    escaping as a traceback, or a setting found only after scoring."""
+    argv = [a.format(**{k: str(v) for k, v in bad_inputs.items()}) if "{" in a else a for a in argv]
+    assert main(argv) == 1
+    assert message in one_error_line(capsys)
+    assert not bad_inputs["out"].exists()
+
+
+def test_recipe_problems_found_by_validate(bad_inputs, tmp_path, capsys):
+    """A recipe that would fail mid-run fails `hubprune validate` instead: amount .nan, a missing
+    local training file, an unknown evaluation task."""
+    base = f"out: {tmp_path / 'r'}\nsource: {{model: {bad_inputs['tiny']}}}\n"
+    cases = {
+        "nan": (base + "prune: {method: reverse-order, amount: .nan}\n", "finite number"),
+        "data": (
+            base + "prune: {method: reverse-order, amount: 1}\nrecover: {mode: partial, data: ./nope.txt}\n",
+            "training data file ./nope.txt does not exist",
+        ),
+        "task": (
+            base
+            + "prune: {method: reverse-order, amount: 1}\nevaluate: {tasks: [offline:piqa, offline:nosuch]}\n",
+            "unknown offline task 'offline:nosuch'",
+        ),
+    }
+    for name, (text, message) in cases.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text, encoding="utf-8")
+        assert main(["validate", str(path)]) == 1
+        assert message in capsys.readouterr().err, name
+
+
+def test_eval_keeps_its_results_when_the_run_folder_cannot_take_them(bad_inputs, monkeypatch, capsys):
+    """Would catch results thrown away (or a traceback) when eval/results.json cannot be written."""
+    import json
+    import re
+
+    from hubprune import rundir
+
+    original = rundir.atomic_write_text
+
+    def read_only(path, text):
+        if "hubprune-eval-" not in str(path):
+            raise OSError(30, "Read-only file system")
+        return original(path, text)
+
+    monkeypatch.setattr(rundir, "atomic_write_text", read_only)
+    argv = ["eval", str(bad_inputs["run"]), "--tasks", "offline:piqa", "--limit", "2", "--no-perplexity"]
+    assert main(argv) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # after lm-eval's own progress lines
+    assert line.startswith("hubprune: error: ")
+    assert "Read-only file system" in line and "results were saved to" in line
+    kept = re.search(r"saved to (\S+\.json)", line).group(1)
+    with open(kept, encoding="utf-8") as fh:
+        report = json.load(fh)
+    assert report["tasks"]["offline_piqa"]

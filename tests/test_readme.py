@@ -186,9 +186,8 @@ def test_the_readme_runs_as_written(tmp_path):
             if not _runnable(command):
                 continue
             argv = command.argv
-            args = _hubprune_argv(argv)
-            if args is not None:
-                argv = [sys.executable, "-m", "hubprune", *args]
+            if argv[0] == "hubprune":  # this interpreter's hubprune, whatever is on PATH
+                argv = [sys.executable, "-m", "hubprune", *argv[1:]]
             done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
             assert done.returncode == 0, (
                 f"README line {command.line}: `{shlex.join(command.argv)}` failed:\n{done.stderr[-3000:]}"

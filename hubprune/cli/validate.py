@@ -11,7 +11,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "validate",
         help="check run recipes without running them",
         description="Validate each recipe: unknown or misspelt fields, wrong types and impossible values are "
-        "all reported at once, with the field path and what was expected. Nothing is loaded or downloaded.",
+        "all reported at once, with the field path and what was expected; evaluation tasks are looked up in lm-eval's index and local files checked. No model is loaded or downloaded.",
         epilog="example: hubprune validate examples/*.yaml",
     )
     parser.add_argument("recipes", metavar="RECIPE.yaml", nargs="+")
@@ -23,12 +23,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from hubprune.errors import RecipeError
-    from hubprune.recipe import read_recipe, resolved_yaml
+    from hubprune.recipe import check_resources, read_recipe, resolved_yaml
 
     failed = []
     for path in args.recipes:
         try:
             recipe, _ = read_recipe(path)
+            check_resources(recipe)
         except RecipeError as err:
             print(f"{path}: invalid\n{err}", file=sys.stderr)
             failed.append(path)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubprune.errors import RecipeError, SourceError
+from hubprune.errors import ExportError, RecipeError, SourceError
 from hubprune.evaluation import cache
 from hubprune.evaluation.lm_eval_runner import jsonable, parse_metrics, run_lm_eval
 from hubprune.evaluation.report import EVAL_DIR, RESULTS_NAME, build_report, manifest_summary, write_report
@@ -271,6 +271,19 @@ def _from_run(run_dir: Path, manifest: Manifest) -> Path | None:
     return None
 
 
+def _write_or_keep(report: dict[str, Any], path: Path) -> None:
+    """Write the report; when the run folder cannot take it (read-only, full), the results are
+    not thrown away: they go to a temporary file that the error names."""
+    try:
+        write_report(report, path)
+    except (ExportError, OSError) as err:
+        import tempfile
+
+        kept = Path(tempfile.mkstemp(prefix="hubprune-eval-", suffix=".json")[1])
+        write_report(report, kept)
+        raise ExportError(f"{err}; the evaluation results were saved to {kept} instead") from err
+
+
 def _report(
     results: dict[str, dict[str, Any]], settings: EvalSettings, inputs: _Inputs, run_dir: Path | None = None
 ) -> dict[str, Any]:
@@ -356,7 +369,7 @@ def evaluate_run(
         use_cache=use_cache,
     )
     report = _report(results, settings, inputs, run)
-    write_report(report, run / EVAL_DIR / RESULTS_NAME)
+    _write_or_keep(report, run / EVAL_DIR / RESULTS_NAME)
     if write_manifest:
         manifest = Manifest.load(run)  # re-read: another stage may have written meanwhile
         manifest.stages["evaluate"] = manifest_summary(report, f"{EVAL_DIR}/{RESULTS_NAME}")

@@ -30,6 +30,8 @@ def parse_amount(text: str | float | int) -> float | int:
             raise RecipeError(
                 f"amount must be a number (a count like 6 or a fraction like 0.25), got {text!r}"
             ) from err
+        if not math.isfinite(value):
+            raise RecipeError(f"amount must be a finite number, got {text!r}")
         if value.is_integer() and value >= 1:
             value = int(value)
     if value <= 0:
