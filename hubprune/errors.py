@@ -36,7 +36,7 @@ class DataError(HubpruneError, ValueError):
     """Calibration or training text is empty, too short, or misses the named column."""
 
 
-class ExportError(HubpruneError):
+class ExportError(HubpruneError, OSError):
     """The output folder cannot be written (exists and not empty, or the model is inconsistent)."""
 
 

@@ -23,6 +23,7 @@ import re
 import secrets
 import shutil
 import signal
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,6 +122,7 @@ def prepare_out_dir(out_dir: str | Path, overwrite: bool, *, source: str | Path 
             raise ExportError(f"output folder {out} is (or holds) the source model; choose another --out")
     if out.exists() and not out.is_dir():
         raise ExportError(f"output path {out} exists and is not a folder")
+    _check_writable(out)
     if not (out.is_dir() and any(out.iterdir())):
         return out
     if not overwrite:
@@ -133,6 +135,20 @@ def prepare_out_dir(out_dir: str | Path, overwrite: bool, *, source: str | Path 
             "remove it yourself or choose another --out"
         )
     return out
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before any work when the folder that will hold `out` cannot be written (read-only
+    file system, no permission, a file in the way): it is created if missing and probed."""
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise ExportError(
+            f"cannot write {out}: {parent} is not writable ({err.strerror or err}); choose another --out"
+        ) from err
 
 
 @contextmanager

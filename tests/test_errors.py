@@ -209,6 +209,10 @@ def bad_inputs(tmp_path_factory, tiny_dir):
             "not a device torch knows",
         ),
         (
+            ["prune", "{tiny}", "--method", "reverse-order", "--amount", "1", "--out", "{weights-file}/x"],
+            "is not writable",
+        ),
+        (
             ["recover", "{tiny}", "--mode", "partial", "--data", "{text}", "--out", "{out}"],
             "not a hubprune run folder",
         ),
