@@ -27,6 +27,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,25 @@ def unreachable_endpoint() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tmp_path_factory) -> Path:
+    """A tiny Llama pruned by one block with hubprune's own pipeline: a real run folder."""
+    from hubprune.methods import Budget
+    from hubprune.pipeline import SourceOptions, prune
+    from tests.tiny import save_tiny
+
+    root = tmp_path_factory.mktemp("publish")
+    base = save_tiny(root / "base", "llama", num_layers=4)
+    run = root / "run"
+    prune(
+        SourceOptions(spec=str(base), base_model="test-org/tiny-llama"), "reverse-order", Budget.parse(1), run
+    )
+    return run
+
+
+@pytest.fixture
+def run_dir(pruned_run, tmp_path) -> Path:
+    """A fresh copy of the run folder for one test (publish re-renders its card)."""
+    return Path(shutil.copytree(pruned_run, tmp_path / "run"))

@@ -5,7 +5,6 @@ the issue lists, and the token never leaking."""
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,28 +19,6 @@ from tests.conftest_hub import HUB_TOKEN
 
 REPO = "test-user/tiny-pruned"
 WEIGHTS = (".safetensors", ".safetensors.index.json")
-
-
-@pytest.fixture(scope="module")
-def pruned_run(tmp_path_factory) -> Path:
-    """A tiny Llama pruned by one block with hubprune's own pipeline: a real run folder."""
-    from hubprune.methods import Budget
-    from hubprune.pipeline import SourceOptions, prune
-    from tests.tiny import save_tiny
-
-    root = tmp_path_factory.mktemp("publish")
-    base = save_tiny(root / "base", "llama", num_layers=4)
-    run = root / "run"
-    prune(
-        SourceOptions(spec=str(base), base_model="test-org/tiny-llama"), "reverse-order", Budget.parse(1), run
-    )
-    return run
-
-
-@pytest.fixture
-def run_dir(pruned_run, tmp_path) -> Path:
-    """A fresh copy of the run folder for one test (publish re-renders its card)."""
-    return Path(shutil.copytree(pruned_run, tmp_path / "run"))
 
 
 @pytest.fixture

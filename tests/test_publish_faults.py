@@ -16,7 +16,6 @@ re-run that cannot finish what a killed publish started.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,27 +30,6 @@ from tests.conftest_hub import HUB_TOKEN
 REPO = "test-user/tiny-pruned"
 ROOT = Path(__file__).resolve().parents[1]
 KILLED = -signal.SIGKILL
-
-
-@pytest.fixture(scope="module")
-def pruned_run(tmp_path_factory) -> Path:
-    """A tiny Llama pruned by one block: a real run folder."""
-    from hubprune.methods import Budget
-    from hubprune.pipeline import SourceOptions, prune
-    from tests.tiny import save_tiny
-
-    root = tmp_path_factory.mktemp("publish-faults")
-    base = save_tiny(root / "base", "llama", num_layers=3)
-    run = root / "run"
-    prune(
-        SourceOptions(spec=str(base), base_model="test-org/tiny-llama"), "reverse-order", Budget.parse(1), run
-    )
-    return run
-
-
-@pytest.fixture
-def run_dir(pruned_run, tmp_path) -> Path:
-    return Path(shutil.copytree(pruned_run, tmp_path / "run"))
 
 
 def _publish(run_dir: Path, hub, fault: str | None = None, kill_at: str | None = None):
