@@ -166,14 +166,6 @@ class RecoverySettings(_Section):
         min_length=1, description="Hub dataset id, local .txt/.jsonl/.json/.parquet, or offline:NAME"
     )
 
-    @field_validator("data")
-    @classmethod
-    def _data_there(cls, value: str) -> str:
-        from hubprune.data import check_text_spec
-
-        check_text_spec(value, "training data")  # a missing file fails validation, not the run
-        return value
-
     data_config: str | None = None
     data_revision: str | None = None
     split: str = "train"
@@ -505,14 +497,19 @@ def resolved_yaml(recipe: Recipe) -> str:
 
 def check_resources(recipe: Recipe) -> None:
     """Checks that look outside the recipe (lm-eval's task index, text files), so that a run
-    does not fail at its evaluate stage after pruning and training: unknown tasks, a missing
-    perplexity file. `hubprune validate` and `hubprune run` call it before anything is loaded."""
-    section = recipe.evaluate
-    if section is None:
-        return
+    does not fail at a later stage after pruning: a missing training file, unknown tasks, a
+    missing perplexity file. `hubprune validate` and `hubprune run` call it before anything is loaded."""
     from hubprune.data import check_text_spec
     from hubprune.tasks import resolve_tasks
 
+    if recipe.recover is not None:
+        try:
+            check_text_spec(recipe.recover.data, "training data")
+        except HubpruneError as err:
+            raise RecipeError(f"recover.data: {err}") from err
+    section = recipe.evaluate
+    if section is None:
+        return
     try:
         resolve_tasks(section.tasks, tasks_path=section.tasks_path)
         if section.perplexity and section.perplexity_data:
