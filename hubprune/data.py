@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,10 +35,9 @@ _TEXT_SUFFIXES = (".txt", ".cor", ".text", ".md")
 
 
 @dataclass
-class TextSource:
-    """Documents plus where they came from."""
+class TextProvenance:
+    """Where text came from, as the manifest records it: enough to find the same text again."""
 
-    texts: list[str]
     source: str
     kind: str
     revision: str | None = None
@@ -49,18 +48,18 @@ class TextSource:
 
 
 @dataclass
-class Rows:
+class TextSource(TextProvenance):
+    """Documents plus where they came from."""
+
+    texts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Rows(TextProvenance):
     """A loaded table (a ``datasets.Dataset``) and its provenance; `text_column` is the column
     an ``offline:`` text keeps its documents in (None: the caller's choice, default ``text``)."""
 
-    dataset: Any
-    source: str
-    kind: str
-    revision: str | None = None
-    config: str | None = None
-    split: str | None = None
-    text_column: str | None = None
-    file_sha256: str | None = None
+    dataset: Any = None
     columns: list[str] = field(default_factory=list)
 
 
@@ -199,7 +198,7 @@ def load_rows(
 
 
 def _rows(dataset: Any, source: str, kind: str, **info: Any) -> Rows:
-    return Rows(dataset, source, kind, columns=list(dataset.column_names), **info)
+    return Rows(source, kind, dataset=dataset, columns=list(dataset.column_names), **info)
 
 
 def load_texts(
@@ -223,16 +222,9 @@ def load_texts(
     texts = [str(t) for t in rows.dataset[column] if t is not None and str(t).strip()]
     if not texts:
         raise DataError(f"{what} {spec} contains no text")
-    return TextSource(
-        texts,
-        rows.source,
-        rows.kind,
-        revision=rows.revision,
-        config=rows.config,
-        split=rows.split,
-        text_column=column if rows.kind == "hub-dataset" else text_column or rows.text_column,
-        file_sha256=rows.file_sha256,
-    )
+    provenance = {f.name: getattr(rows, f.name) for f in fields(TextProvenance)}
+    provenance["text_column"] = column if rows.kind == "hub-dataset" else text_column or rows.text_column
+    return TextSource(**provenance, texts=texts)
 
 
 def tokenizer_adds_bos(tokenizer: Any) -> bool:

@@ -32,7 +32,7 @@ def test_block_scoring_bar_names_the_blocks_and_counts_batches(capsys):
 
     model = tiny_model("llama", num_layers=4)  # 4 blocks; 5 samples in batches of 2: 3 batches
     batch = build_calibration(
-        char_tokenizer(), TextSource([SAMPLE_TEXT], "s", "file"), samples=5, seq_len=8, seed=0
+        char_tokenizer(), TextSource("s", "file", texts=[SAMPLE_TEXT]), samples=5, seq_len=8, seed=0
     )
     seen = []
     masks = list(stream_blocks(model, adapter_for(model), batch, 2, lambda i, *_: seen.append(i)))

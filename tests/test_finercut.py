@@ -34,7 +34,7 @@ def one_thread():
 
 
 def _calibration(samples: int = 4, seq_len: int = 16, seed: int = 0):
-    source = TextSource([SAMPLE_TEXT], "sample", "file")
+    source = TextSource("sample", "file", texts=[SAMPLE_TEXT])
     return build_calibration(char_tokenizer(), source, samples=samples, seq_len=seq_len, seed=seed)
 
 
