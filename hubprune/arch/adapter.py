@@ -4,8 +4,43 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import torch
 from torch import nn
+
+#: The residual stream; every other space is local to one block (STYLE.md §8, mergekit's spaces).
+RESIDUAL = "residual"
+#: Query heads x head_dim (what `q_proj` writes and `o_proj` reads), KV heads x head_dim, MLP channels.
+QUERY, KV, CHANNELS = "q", "kv", "up"
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One linear layer of a block, by the spaces it reads (columns) and writes (rows).
+
+    `sublayer` is "attn" or "mlp"; `name` is relative to that sublayer's module. A fused
+    projection writes several spaces stacked along its rows, in order (Phi-3's `qkv_proj` writes
+    `("q", "kv", "kv")`). Width transforms are written once over spaces: dropping KV group g of a
+    block removes its slice from every `q` and `kv` row or column, dropping channel c removes
+    row/column c of every `up` tensor, whatever the family calls them.
+    """
+
+    sublayer: str
+    name: str
+    reads: str
+    writes: tuple[str, ...]
+
+
+LLAMA_PROJECTIONS: tuple[Projection, ...] = (
+    Projection("attn", "q_proj", RESIDUAL, (QUERY,)),
+    Projection("attn", "k_proj", RESIDUAL, (KV,)),
+    Projection("attn", "v_proj", RESIDUAL, (KV,)),
+    Projection("attn", "o_proj", QUERY, (RESIDUAL,)),
+    Projection("mlp", "gate_proj", RESIDUAL, (CHANNELS,)),
+    Projection("mlp", "up_proj", RESIDUAL, (CHANNELS,)),
+    Projection("mlp", "down_proj", CHANNELS, (RESIDUAL,)),
+)
 
 
 def get_submodule(root: nn.Module, dotted: str) -> nn.Module:
@@ -57,6 +92,25 @@ class ArchAdapter:
     # `compact_note` saying why not.
     compact_schema: str | None = None
     compact_note: str = ""
+    #: Every linear layer of a block and the spaces it reads and writes (see :class:`Projection`).
+    projections: tuple[Projection, ...] = LLAMA_PROJECTIONS
+    #: Config field holding the final-logit soft-cap (Gemma 2/3: ``cap * tanh(logits / cap)``).
+    final_logit_softcap: str | None = None
+
+    # -- tensor meaning ------------------------------------------------------------------------
+    def projection(self, sublayer: str, name: str) -> Projection | None:
+        """The projection `name` of the `sublayer` module, or None for a tensor that is not one
+        (a norm, Qwen3's per-head q/k norms)."""
+        return next((p for p in self.projections if p.sublayer == sublayer and p.name == name), None)
+
+    def readers_of(self, space: str) -> list[Projection]:
+        """Projections whose input columns live in `space` (where a unit of it can be masked)."""
+        return [p for p in self.projections if p.reads == space]
+
+    def final_logits(self, config: Any, logits: torch.Tensor) -> torch.Tensor:
+        """The model's output transform applied to raw `lm_head` logits (Gemma's soft-capping)."""
+        cap = getattr(config, self.final_logit_softcap, None) if self.final_logit_softcap else None
+        return logits if not cap else torch.tanh(logits / cap) * cap
 
     # -- navigation ---------------------------------------------------------------------------
     def blocks(self, model: nn.Module) -> nn.ModuleList:

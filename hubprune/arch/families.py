@@ -1,6 +1,6 @@
 """The supported model families. A new family is one entry here plus one tiny-model test case."""
 
-from hubprune.arch.adapter import ArchAdapter
+from hubprune.arch.adapter import CHANNELS, KV, QUERY, RESIDUAL, ArchAdapter, Projection
 
 LLAMA = ArchAdapter(family="llama", model_types=("llama",), compact_schema="decilm")
 
@@ -32,6 +32,7 @@ QWEN3 = ArchAdapter(
 _GEMMA = dict(
     attention_norms=("input_layernorm", "post_attention_layernorm"),
     mlp_norms=("pre_feedforward_layernorm", "post_feedforward_layernorm"),
+    final_logit_softcap="final_logit_softcapping",
 )
 _GEMMA_NOTE = _NO_DECILM + "Gemma has sandwich norms, scaled embeddings and logit soft-capping"
 GEMMA2 = ArchAdapter(family="gemma2", model_types=("gemma2",), compact_note=_GEMMA_NOTE, **_GEMMA)
@@ -51,6 +52,12 @@ PHI3 = ArchAdapter(
     attention_in=("qkv_proj",),
     mlp_in=("gate_up_proj",),
     lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+    projections=(
+        Projection("attn", "qkv_proj", RESIDUAL, (QUERY, KV, KV)),
+        Projection("attn", "o_proj", QUERY, (RESIDUAL,)),
+        Projection("mlp", "gate_up_proj", RESIDUAL, (CHANNELS, CHANNELS)),
+        Projection("mlp", "down_proj", CHANNELS, (RESIDUAL,)),
+    ),
     compact_note=_NO_DECILM + "Phi-3's fused projections and rotary variants are not expressed yet",
 )
 

@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -67,7 +67,8 @@ from hubprune.methods.budget import Budget
 from hubprune.methods.registry import MethodContext, MethodSpec, register_method
 from hubprune.plan import Plan, Unit
 from hubprune.size import unique_params
-from hubprune.sublayers import _set, sublayers_skipped
+from hubprune.sublayers import sublayers_skipped
+from hubprune.transforms import gated
 
 DIVERGENCES = ("js-official", "js", "kl", "angular", "perplexity")
 SEARCHES = ("greedy", "one-shot")
@@ -251,7 +252,6 @@ class _Engine:
         self.num_blocks = len(self.blocks)
         self.final_norm = model.get_submodule(adapter.final_norm)
         self.lm_head = model.get_submodule(adapter.lm_head)
-        self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.flops = 0.0
         self.flops_if_skipping = 0.0
         self.forward_calls = 0
@@ -324,12 +324,7 @@ class _Engine:
 
     # -- running --------------------------------------------------------------------------------
     def _head(self, h: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(self.final_norm(h))
-        if self.softcap is not None:
-            logits = logits / self.softcap
-            logits = torch.tanh(logits)
-            logits = logits * self.softcap
-        return logits
+        return self.adapter.final_logits(self.model.config, self.lm_head(self.final_norm(h)))
 
     def _tally(
         self,
@@ -439,7 +434,7 @@ class _Engine:
         self, start: int, group: list[Unit], last_choice: Unit | None, objectives: dict[Unit, _Objective]
     ) -> None:
         """One batched pass per chunk for candidates that all resume at block `start`."""
-        gated = {kind: [u.kind == kind and u.block == start for u in group] for kind in ("attn", "mlp")}
+        hidden = {kind: [u.kind == kind and u.block == start for u in group] for kind in ("attn", "mlp")}
         wanted = {k for k in self.speculate if k > start}
         for c, (ids, mask) in enumerate(self.chunks):
             rows = ids.shape[0]
@@ -447,16 +442,16 @@ class _Engine:
             h = torch.cat(states) if len(states) > 1 else states[0]
             kwargs = [_expand_rows(kw, rows, len(group)) for kw in self.kwargs[c]]
             gates = {
-                _sublayer_name(self.adapter, Unit(kind, start)): torch.tensor(
-                    [0.0 if g else 1.0 for g in gated[kind] for _ in range(rows)],
+                Unit(kind, start): torch.tensor(
+                    [0.0 if g else 1.0 for g in hidden[kind] for _ in range(rows)],
                     dtype=h.dtype,
                     device=h.device,
                 ).view(-1, 1, 1)
                 for kind in ("attn", "mlp")
-                if any(gated[kind])
+                if any(hidden[kind])
             }
             stored: dict[int, torch.Tensor] = {}
-            with _gated(self.model, gates):
+            with gated(self.model, self.adapter, gates):
                 for b in range(start, self.num_blocks):
                     if b in wanted:
                         stored[b] = h
@@ -529,48 +524,13 @@ class _Engine:
             self._refresh_base(unit.block, chosen)
 
 
-class _RowGate(nn.Module):
-    """Multiplies a sublayer's output by a per-row gate (0 removes it for those rows)."""
-
-    def __init__(self, inner: nn.Module, gate: torch.Tensor) -> None:
-        super().__init__()
-        self.inner = inner
-        self.gate = gate
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        out = self.inner(*args, **kwargs)
-        if isinstance(out, tuple):
-            return (out[0] * self.gate, *out[1:])
-        return out * self.gate
-
-
-def _sublayer_name(adapter: ArchAdapter, unit: Unit) -> str:
-    return f"{adapter.layers}.{unit.block}.{adapter.attention if unit.kind == 'attn' else adapter.mlp}"
-
-
-@contextmanager
-def _gated(model: nn.Module, gates: dict[str, torch.Tensor]) -> Iterator[None]:
-    """Run `model` with the output of each named sublayer multiplied by its gate (0 removes it,
-    per row when the gate has one value a row); the original modules are put back afterwards."""
-    swapped = []
-    try:
-        for name, gate in gates.items():
-            original = model.get_submodule(name)
-            _set(model, name, _RowGate(original, gate))
-            swapped.append((name, original))
-        yield
-    finally:
-        for name, original in reversed(swapped):
-            _set(model, name, original)
-
-
 def _outputs_zeroed(
     model: nn.Module, adapter: ArchAdapter, units: list[Unit]
 ) -> AbstractContextManager[None]:
     """The official code's masking: `units` still run, their outputs are multiplied by zero."""
     weight = next(model.parameters())
     zero = torch.zeros((), dtype=weight.dtype, device=weight.device)
-    return _gated(model, {_sublayer_name(adapter, unit): zero for unit in units})
+    return gated(model, adapter, {unit: zero for unit in units})
 
 
 def _expand_rows(value: Any, rows: int, times: int) -> Any:
