@@ -14,7 +14,7 @@ from typing import Any
 from hubprune import data as data_mod
 from hubprune import offline
 from hubprune.arch import ArchAdapter, adapter_for
-from hubprune.cost import model_cost
+from hubprune.cost import budget_reached, model_cost
 from hubprune.data import CalibrationBatch, TextSource
 from hubprune.errors import RecipeError
 from hubprune.export import DEFAULT_MAX_SHARD_SIZE, write_plain
@@ -22,6 +22,7 @@ from hubprune.methods import Budget, MethodContext, get_method
 from hubprune.plan import Manifest, Plan
 from hubprune.redact import public_text
 from hubprune.rundir import prepare_out_dir, staged_folder
+from hubprune.shape import Dims
 from hubprune.source import ResolvedSource, is_local, load_model, read_model_config, resolve_source
 from hubprune.surgery import apply_plan
 
@@ -133,7 +134,17 @@ def score(
     ctx = MethodContext(
         loaded.model, loaded.adapter, budget, batch, seed=calibration.seed, batch_size=batch_size
     )
-    return spec.plan_fn(ctx, params)
+    plan = spec.plan_fn(ctx, params)
+    return finish_plan(plan, loaded.model, loaded.adapter)
+
+
+def finish_plan(plan: Plan, model: Any, adapter: ArchAdapter) -> Plan:
+    """Record the dense model's widths and, for every method alike, what the plan reaches in
+    parameters, FLOPs and KV cache (the compact export's numbers, from the shape)."""
+    plan.dims = Dims.from_config(model.config).to_dict()
+    reached = plan.budget.setdefault("reached", {})
+    reached.update(budget_reached(model, adapter, plan.shape()))
+    return plan
 
 
 def prune(

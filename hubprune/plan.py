@@ -14,10 +14,13 @@ import json
 import platform
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hubprune import __version__
 from hubprune.errors import HubpruneError, RecipeError, SourceError
+
+if TYPE_CHECKING:
+    from hubprune.shape import Shape
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "hubprune.json"
@@ -104,12 +107,24 @@ class Plan:
     calibration: Calibration | None = None
     seed: int | None = None
     search_cost: dict[str, Any] | None = None  # what a search method spent (FinerCut: FLOPs, passes, time)
+    #: The dense model's widths (:class:`hubprune.shape.Dims`): what unit indices refer to.
+    dims: dict[str, int] | None = None
 
     def removed_blocks(self) -> list[int]:
         return sorted(u.block for u in self.removed if u.kind == "block")
 
+    def shape(self) -> Shape:
+        """What the plan leaves of each block (:class:`hubprune.shape.Shape`)."""
+        from hubprune.shape import Dims, Shape
+
+        if self.dims is None:
+            raise RecipeError("this plan does not record the model's widths (it was written by an older hubprune); re-run prune")
+        return Shape.from_units(self.removed, Dims(**self.dims))
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        if self.dims is not None:  # derived, for readers of the manifest; rebuilt from `removed` on load
+            out["shape"] = self.shape().to_dict()["blocks"]
         out["removed"] = [u.to_dict() for u in self.removed]
         out["scores"] = [
             {**s, "unit": s["unit"].to_dict()} if isinstance(s["unit"], Unit) else s for s in self.scores
