@@ -36,7 +36,14 @@ def bytes_on_disk(folder: str | Path | None) -> int | None:
     """Total size of the weight files in `folder` (safetensors / pickled shards); None without one."""
     if folder is None or not Path(folder).is_dir():
         return None
-    files = {p for pattern in WEIGHT_PATTERNS for p in Path(folder).glob(pattern) if p.is_file()}
+    from hubprune.plan import PLAN_TENSORS_NAME
+
+    files = {
+        p
+        for pattern in WEIGHT_PATTERNS
+        for p in Path(folder).glob(pattern)
+        if p.is_file() and p.name != PLAN_TENSORS_NAME
+    }
     return sum(p.stat().st_size for p in files) if files else None
 
 
@@ -146,6 +153,34 @@ def plan_cost(
         "attention_layers": sum(1 for q in query if q),
         "kv_cache_bytes_per_token": 2 * head_dim(config) * kv_heads * itemsize,
     }
+
+
+#: The plan_cost field each budget kind is measured in.
+BUDGET_FIELDS = {"params": "params_total", "flops": "flops_per_token", "kv": "kv_cache_bytes_per_token"}
+
+
+def removal_savings(
+    model: nn.Module, adapter: Any, shapes: list[Any], by: str, *, context: int = DEFAULT_CONTEXT
+) -> tuple[list[float], float]:
+    """What each shape in `shapes` saves against the dense model, in budget kind `by` ("units"
+    counts 1 each), and the dense total: the costs budgets select units by."""
+    from hubprune.shape import Dims, Shape
+
+    if by == "units":
+        return [1.0] * len(shapes), float(len(shapes))
+    key = BUDGET_FIELDS[by]
+    dense = plan_cost(model, adapter, Shape.dense(Dims.from_config(model.config)), context=context)[key]
+    return [dense - plan_cost(model, adapter, s, context=context)[key] for s in shapes], dense
+
+
+def block_savings(model: nn.Module, adapter: Any, by: str) -> tuple[list[float], float]:
+    """What removing each whole block saves in budget kind `by`, and the dense total."""
+    from hubprune.plan import Unit
+    from hubprune.shape import Dims, Shape
+
+    dims = Dims.from_config(model.config)
+    shapes = [Shape.from_units([Unit("block", i)], dims) for i in range(dims.num_blocks)]
+    return removal_savings(model, adapter, shapes, by)
 
 
 def budget_reached(
