@@ -65,19 +65,13 @@ def _blocks(model: nn.Module, adapter: Any) -> list[nn.Module] | None:
 
 
 def _with_attention(blocks: list[nn.Module] | None, adapter: Any, num_blocks: int) -> list[bool]:
-    """Per block, whether it still attends: False where the attention sublayer was removed
-    (a compact prune in memory), True when that cannot be told."""
+    """Per block, whether it still attends: False where the attention sublayer was removed (a
+    compact prune in memory) or is absent (a loaded compact model), True when that cannot be told."""
     from hubprune.sublayers import is_removed
 
     if blocks is None:
         return [True] * num_blocks
-    out = []
-    for block in blocks:
-        try:
-            out.append(not is_removed(block, adapter, "attn"))
-        except AttributeError:  # a block layout the adapter does not describe
-            out.append(True)
-    return out
+    return [not is_removed(block, adapter, "attn") for block in blocks]
 
 
 def zero_filled_units(plan: Any, export_format: str | None) -> list[Any]:
