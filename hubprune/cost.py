@@ -18,17 +18,16 @@ context, or the sliding window when that is shorter). Norms, activations and sof
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from hubprune.size import head_dim, kv_cache_bytes_per_token, unique_params
+from hubprune.size import head_dim, unique_params
 
 #: Unit kinds whose removal a plain export writes as zero-filled weights (no savings).
 ZERO_FILLED_KINDS = ("attn", "mlp", "heads", "channels")
-#: Unit kinds whose nominal savings :func:`model_cost` can compute from the model.
-NOMINAL_KINDS = ("attn", "mlp")
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.pt")
 DEFAULT_CONTEXT = 2048
 
@@ -37,7 +36,14 @@ def bytes_on_disk(folder: str | Path | None) -> int | None:
     """Total size of the weight files in `folder` (safetensors / pickled shards); None without one."""
     if folder is None or not Path(folder).is_dir():
         return None
-    files = {p for pattern in WEIGHT_PATTERNS for p in Path(folder).glob(pattern) if p.is_file()}
+    from hubprune.plan import PLAN_TENSORS_NAME
+
+    files = {
+        p
+        for pattern in WEIGHT_PATTERNS
+        for p in Path(folder).glob(pattern)
+        if p.is_file() and p.name != PLAN_TENSORS_NAME
+    }
     return sum(p.stat().st_size for p in files) if files else None
 
 
@@ -64,14 +70,136 @@ def _blocks(model: nn.Module, adapter: Any) -> list[nn.Module] | None:
         return None
 
 
-def _with_attention(blocks: list[nn.Module] | None, adapter: Any, num_blocks: int) -> list[bool]:
-    """Per block, whether it still attends: False where the attention sublayer was removed (a
-    compact prune in memory) or is absent (a loaded compact model), True when that cannot be told."""
-    from hubprune.sublayers import is_removed
+def _query_and_kv_heads(
+    blocks: list[nn.Module] | None, adapter: Any, config: Any, num_blocks: int
+) -> list[tuple[int, int]]:
+    """Per block, (query heads, KV heads) as the weights hold them: (0, 0) where the attention
+    sublayer was removed, the config's numbers when the layout cannot be read. Width-pruned and
+    heterogeneous models differ per block, so the config alone cannot say."""
+    from hubprune.arch.adapter import KV, QUERY
+    from hubprune.sublayers import SkippedAttention
 
+    dims_heads = int(config.num_attention_heads)
+    kv = int(getattr(config, "num_key_value_heads", None) or dims_heads)
+    default = (dims_heads, kv)
     if blocks is None:
-        return [True] * num_blocks
-    return [not is_removed(block, adapter, "attn") for block in blocks]
+        return [default] * num_blocks
+    group, hd = dims_heads // kv, head_dim(config)
+    out = []
+    for block in blocks:
+        attention = getattr(block, adapter.attention, None)
+        if attention is None or isinstance(attention, SkippedAttention):
+            out.append((0, 0))
+            continue
+        writer = next((p for p in adapter.projections if KV in p.writes), None)
+        module = getattr(attention, writer.name, None) if writer is not None else None
+        if module is None:
+            out.append(default)
+            continue
+        per_group = sum(group * hd if s == QUERY else hd for s in writer.writes)
+        groups = module.weight.shape[0] // per_group
+        out.append((groups * group, groups))
+    return out
+
+
+def attention_flops_per_token(
+    config: Any, query_heads: list[int], windows: list[int | None], context: int
+) -> int:
+    """Scores and weighted sum: 4 x heads x head_dim x attended positions, per block."""
+    hd = head_dim(config)
+    return sum(4 * q * hd * min(context, w or context) for q, w in zip(query_heads, windows, strict=True))
+
+
+def plan_cost(
+    model: nn.Module, adapter: Any, shape: Any, *, context: int = DEFAULT_CONTEXT
+) -> dict[str, Any]:
+    """Parameters, FLOPs per token and KV-cache bytes per token of `model` (dense, any device,
+    meta included) once `shape` (:class:`hubprune.shape.Shape`) is applied and every removed
+    unit is really gone: the cost a compact export has, computed without building it.
+
+    Tensor sizes come from :func:`hubprune.transforms.pruned_shapes`, the rule the compact
+    export slices by, so the two agree by construction (and a test checks the written files).
+    """
+    from hubprune.transforms import pruned_shapes
+
+    config = model.config
+    params = dict({id(p): (n, p) for n, p in model.named_parameters()}.values())
+    sizes = pruned_shapes({n: tuple(p.shape) for n, p in params.items()}, adapter, shape)
+    numel = {n: math.prod(dims) for n, dims in sizes.items()}
+    total = sum(numel.values())
+    embedding_names = {n for n, p in params.items() if p is model.get_submodule(adapter.embed).weight}
+    head = model.get_submodule(adapter.lm_head)
+    embedding_names |= {n for n, p in params.items() if p is head.weight}
+    linear = 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            weight = f"{name}.weight"
+            if weight in sizes:
+                linear += numel[weight]
+            elif module is head:  # tied: stored once as the embedding, still multiplied
+                linear += module.weight.numel()
+    kept = shape.blocks
+    windows = _layer_windows(config, len(kept))
+    query = [b.num_attention_heads if b is not None else 0 for b in kept]
+    kv_heads = sum(b.num_key_value_heads for b in kept if b is not None)
+    itemsize = next(iter(params.values())).element_size()
+    attention = attention_flops_per_token(config, query, windows, context)
+    return {
+        "num_blocks": sum(1 for b in kept if b is not None),
+        "params_total": total,
+        "params_non_embedding": total - sum(numel.get(n, 0) for n in embedding_names),
+        "weight_bytes": total * itemsize,
+        "flops_per_token": 2 * linear + attention,
+        "attention_layers": sum(1 for q in query if q),
+        "kv_cache_bytes_per_token": 2 * head_dim(config) * kv_heads * itemsize,
+    }
+
+
+#: The plan_cost field each budget kind is measured in.
+BUDGET_FIELDS = {"params": "params_total", "flops": "flops_per_token", "kv": "kv_cache_bytes_per_token"}
+
+
+def removal_savings(
+    model: nn.Module, adapter: Any, shapes: list[Any], by: str, *, context: int = DEFAULT_CONTEXT
+) -> tuple[list[float], float]:
+    """What each shape in `shapes` saves against the dense model, in budget kind `by` ("units"
+    counts 1 each), and the dense total: the costs budgets select units by."""
+    from hubprune.shape import Dims, Shape
+
+    if by == "units":
+        return [1.0] * len(shapes), float(len(shapes))
+    key = BUDGET_FIELDS[by]
+    dense = plan_cost(model, adapter, Shape.dense(Dims.from_config(model.config)), context=context)[key]
+    return [dense - plan_cost(model, adapter, s, context=context)[key] for s in shapes], dense
+
+
+def block_savings(model: nn.Module, adapter: Any, by: str) -> tuple[list[float], float]:
+    """What removing each whole block saves in budget kind `by`, and the dense total."""
+    from hubprune.plan import Unit
+    from hubprune.shape import Dims, Shape
+
+    dims = Dims.from_config(model.config)
+    shapes = [Shape.from_units([Unit("block", i)], dims) for i in range(dims.num_blocks)]
+    return removal_savings(model, adapter, shapes, by)
+
+
+def budget_reached(
+    model: nn.Module, adapter: Any, shape: Any, *, context: int = DEFAULT_CONTEXT
+) -> dict[str, Any]:
+    """Before, after and the fraction removed of parameters, FLOPs per token and KV-cache bytes
+    per token under `shape` (compact-export numbers): the `reached` half of every plan's budget."""
+    from hubprune.shape import Shape
+
+    before = plan_cost(model, adapter, Shape.dense(shape.dims), context=context)
+    after = plan_cost(model, adapter, shape, context=context)
+    out: dict[str, Any] = {"context": context}
+    for key in ("params_total", "flops_per_token", "kv_cache_bytes_per_token"):
+        out[key] = {
+            "before": before[key],
+            "after": after[key],
+            "removed_fraction": 1 - after[key] / before[key] if before[key] else 0.0,
+        }
+    return out
 
 
 def zero_filled_units(plan: Any, export_format: str | None) -> list[Any]:
@@ -113,15 +241,11 @@ def model_cost(
     blocks = _blocks(model, adapter)
     num_blocks = len(blocks) if blocks is not None else int(config.num_hidden_layers)
     windows = _layer_windows(config, num_blocks)
-    attends = _with_attention(blocks, adapter, num_blocks)
-    heads = int(config.num_attention_heads)
-    per_position = 4 * heads * head_dim(config)
-    attention_flops = sum(
-        per_position * min(context, w or context) for w, on in zip(windows, attends, strict=True) if on
-    )
+    heads = _query_and_kv_heads(blocks, adapter, config, num_blocks)
+    attention_flops = attention_flops_per_token(config, [q for q, _ in heads], windows, context)
     weights_flops = 2 * linear_params(model)
-    attention_layers = sum(attends)
-    kv = kv_cache_bytes_per_token(config, attention_layers, dtype.itemsize)
+    attention_layers = sum(1 for q, _ in heads if q)
+    kv = 2 * head_dim(config) * sum(k for _, k in heads) * dtype.itemsize
     out: dict[str, Any] = {
         "num_blocks": num_blocks,
         "params_total": total,
@@ -151,49 +275,17 @@ def model_cost(
             "match the pruned model, but size, FLOPs, KV cache and speed are those of the unpruned layers; "
             "a compact export would realise the nominal numbers",
         }
-        out["nominal"] = _nominal(out, zeroed, blocks, adapter, config, windows, context, dtype.itemsize)
+        out["nominal"] = _nominal(model, adapter, plan, context)
     return out
 
 
-def _nominal(
-    actual: dict[str, Any],
-    zeroed: list[Any],
-    blocks: list[nn.Module] | None,
-    adapter: Any,
-    config: Any,
-    windows: list[int | None],
-    context: int,
-    itemsize: int,
-) -> dict[str, Any] | None:
-    """The cost once zero-filled attention/MLP sublayers are really gone; None when the plan holds
-    units whose savings cannot be read off the model (heads, channels) or blocks are unknown."""
-    if blocks is None or any(u.kind not in NOMINAL_KINDS for u in zeroed):
+def _nominal(model: nn.Module, adapter: Any, plan: Any, context: int) -> dict[str, Any] | None:
+    """What the zero-filled units would cost once really gone (the compact export's numbers);
+    None without an adapter or a plan that records the model's widths."""
+    if adapter is None or plan.dims is None:
         return None
-    params = flops = 0
-    attn_removed = 0
-    for unit in zeroed:
-        block = blocks[unit.block]
-        sub = adapter.sublayer_params(block)[unit.kind]
-        module = adapter.attention_of(block) if unit.kind == "attn" else adapter.mlp_of(block)
-        params += sub
-        flops += 2 * linear_params(module)
-        if unit.kind == "attn":
-            attn_removed += 1
-            flops += (
-                4
-                * int(config.num_attention_heads)
-                * head_dim(config)
-                * min(context, windows[unit.block] or context)
-            )
-    attention_layers = actual["attention_layers"] - attn_removed
-    return {
-        "params_total": actual["params_total"] - params,
-        "params_non_embedding": actual["params_non_embedding"] - params,
-        "weight_bytes": actual["weight_bytes"] - params * itemsize,
-        "flops_per_token": actual["flops_per_token"] - flops,
-        "attention_layers": attention_layers,
-        "kv_cache_bytes_per_token": kv_cache_bytes_per_token(config, attention_layers, itemsize),
-    }
+    shape = plan.shape().compacted()  # the zero-filled model has its removed blocks gone already
+    return plan_cost(model, adapter, shape, context=context)
 
 
 def cost_change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

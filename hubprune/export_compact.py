@@ -85,10 +85,10 @@ def check_compact_family(adapter: ArchAdapter) -> None:
         )
 
 
-def check_compact_supported(config: Any, adapter: ArchAdapter) -> None:
+def check_compact_supported(config: Any, adapter: ArchAdapter, *, check_width: bool = True) -> None:
     """Refuse, with one sentence, a model (its config object or config.json dict) the schema
     cannot express: wrong family, sliding-window attention, uneven KV groups, an MLP width that
-    does not round-trip through `ffn_mult`."""
+    does not round-trip through `ffn_mult` (unless `check_width` is False)."""
     check_compact_family(adapter)
     layer_types = _get(config, "layer_types") or []
     sliding = any(t != "full_attention" for t in layer_types) or (
@@ -104,42 +104,81 @@ def check_compact_supported(config: Any, adapter: ArchAdapter) -> None:
     ffn_mult_for(_get(config, "intermediate_size"), _get(config, "hidden_size"))
 
 
-def block_configs(model: nn.Module, adapter: ArchAdapter) -> list[dict[str, Any]]:
-    """One nemotron-nas `block_configs` entry per block of the (sublayer-removed) model."""
+def model_layers(model: nn.Module, adapter: ArchAdapter) -> list[dict[str, Any]]:
+    """Per block of an in-memory model (sublayers removed by :mod:`hubprune.sublayers`), the
+    widths an export writes (the entries of :meth:`hubprune.shape.BlockShape.layer_config`)."""
     config = model.config
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    group = config.num_attention_heads // kv_heads
-    mult = ffn_mult_for(config.intermediate_size, config.hidden_size)
     out = []
     for block in adapter.blocks(model):
-        no_attn = is_removed(block, adapter, "attn")
-        no_mlp = is_removed(block, adapter, "mlp")
+        attention = not is_removed(block, adapter, "attn")
+        mlp = not is_removed(block, adapter, "mlp")
         out.append(
             {
-                "attention": {
-                    "no_op": no_attn,
-                    "replace_with_linear": False,
-                    "n_heads_in_group": None if no_attn else group,
-                },
-                "ffn": {"no_op": no_mlp, "replace_with_linear": False, "ffn_mult": None if no_mlp else mult},
+                "attention": attention,
+                "num_attention_heads": config.num_attention_heads if attention else 0,
+                "num_key_value_heads": kv_heads if attention else 0,
+                "mlp": mlp,
+                "intermediate_size": config.intermediate_size if mlp else 0,
             }
         )
     return out
 
 
-def compact_config(model: nn.Module, adapter: ArchAdapter) -> dict[str, Any]:
+def decilm_misfit(config: Any, adapter: ArchAdapter, layers: list[dict[str, Any]]) -> str | None:
+    """Why the nemotron-nas schema cannot express this model (None when it can): another family,
+    sliding windows, fewer query heads in a block (the schema has one global count), or an MLP
+    width that `ffn_mult` cannot reproduce."""
+    try:
+        check_compact_supported(config, adapter, check_width=False)
+    except UnsupportedArchitectureError as err:
+        return str(err)
+    heads = _get(config, "num_attention_heads")
+    for i, layer in enumerate(layers):
+        if layer["attention"] and layer["num_attention_heads"] != heads:
+            return f"block {i} keeps {layer['num_attention_heads']} of {heads} query heads (the schema has one count)"
+        if layer["mlp"]:
+            try:
+                ffn_mult_for(layer["intermediate_size"], _get(config, "hidden_size"))
+            except ExportError as err:
+                return str(err)
+    return None
+
+
+def block_configs(config: Any, layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One nemotron-nas `block_configs` entry per block."""
+    heads, hidden = _get(config, "num_attention_heads"), _get(config, "hidden_size")
+    out = []
+    for layer in layers:
+        attention, mlp = layer["attention"], layer["mlp"]
+        group = heads // layer["num_key_value_heads"] if attention else None
+        mult = ffn_mult_for(layer["intermediate_size"], hidden) if mlp else None
+        out.append(
+            {
+                "attention": {
+                    "no_op": not attention,
+                    "replace_with_linear": False,
+                    "n_heads_in_group": group,
+                },
+                "ffn": {"no_op": not mlp, "replace_with_linear": False, "ffn_mult": mult},
+            }
+        )
+    return out
+
+
+def compact_config(config: Any, adapter: ArchAdapter, layers: list[dict[str, Any]]) -> dict[str, Any]:
     """The config.json of the compact export."""
-    native = model.config.to_dict()
-    config = {k: v for k, v in native.items() if k not in _DROPPED_KEYS}
-    config.update(
+    native = config.to_dict()
+    out = {k: v for k, v in native.items() if k not in _DROPPED_KEYS}
+    out.update(
         architectures=["DeciLMForCausalLM"],
         model_type="nemotron-nas",
         auto_map=dict(AUTO_MAP),
-        num_hidden_layers=adapter.num_blocks(model),
-        block_configs=block_configs(model, adapter),
+        num_hidden_layers=len(layers),
+        block_configs=block_configs(config, layers),
     )
-    config.update(adapter.extra.get("decilm_config", {}))
-    return config
+    out.update(adapter.extra.get("decilm_config", {}))
+    return out
 
 
 def _copy_remote_code(folder: Path) -> list[str]:
@@ -174,6 +213,58 @@ def _build_compact(folder: Path, state_dict: dict[str, torch.Tensor], dtype: tor
     return compact.eval()
 
 
+def write_decilm(
+    state_dict: dict[str, torch.Tensor],
+    config: Any,
+    adapter: ArchAdapter,
+    layers: list[dict[str, Any]],
+    folder: Path,
+    *,
+    dtype: torch.dtype,
+    tokenizer: Any = None,
+    generation_config: Any = None,
+    source_dir: Path | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    extra_files: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Write the compact tensors `state_dict` (native names, removed modules left out, widths
+    sliced) with one `layers` entry per block into the (staging) `folder` as a nemotron-nas
+    checkpoint with our remote code; returns the manifest's export record."""
+    reason = decilm_misfit(config, adapter, layers)
+    if reason is not None:
+        raise ExportError(f"the nemotron-nas schema cannot express this model: {reason}")
+    out_config = compact_config(config, adapter, layers)
+    text = json.dumps(out_config, indent=2, sort_keys=True) + "\n"
+    (folder / "config.json").write_text(text, encoding="utf-8")
+    remote = _copy_remote_code(folder)
+    compact = _build_compact(folder, dict(state_dict), dtype)
+    compact.save_pretrained(folder, max_shard_size=max_shard_size)
+    # save_pretrained rewrites config.json from the loaded config; keep ours, which is the
+    # schema vLLM reads, and make sure the remote code sits beside it.
+    (folder / "config.json").write_text(text, encoding="utf-8")
+    _copy_remote_code(folder)
+    if generation_config is not None:
+        generation_config.save_pretrained(folder)
+    licenses = write_companions(folder, tokenizer, source_dir, extra_files)
+    blocks = out_config["block_configs"]
+    return {
+        "format": "compact",
+        "schema": "nemotron-nas (DeciLM block_configs)",
+        "architectures": out_config["architectures"],
+        "trust_remote_code": True,
+        "vllm_servable": True,
+        "how_to_load": "AutoModelForCausalLM.from_pretrained(REPO, trust_remote_code=True)",
+        "remote_code": remote,
+        "attention_blocks": sum(1 for b in blocks if not b["attention"]["no_op"]),
+        "mlp_blocks": sum(1 for b in blocks if not b["ffn"]["no_op"]),
+        "zero_filled": False,
+        "max_shard_size": max_shard_size,
+        "files": folder_files(folder),
+        "license_files": licenses,
+        "_model": compact,
+    }
+
+
 def write_compact(
     model: nn.Module,
     adapter: ArchAdapter,
@@ -184,38 +275,24 @@ def write_compact(
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     extra_files: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write `model` (sublayers removed in memory, see :mod:`hubprune.sublayers`) into the
-    (staging) `folder` as a nemotron-nas checkpoint with our remote code; returns the manifest's
-    export record."""
+    """:func:`write_decilm` of an in-memory model whose sublayers were removed by
+    :mod:`hubprune.sublayers`."""
     check_compact_supported(model.config, adapter)
-    config = compact_config(model, adapter)
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    remote = _copy_remote_code(folder)
-    dtype = next(model.parameters()).dtype
-    compact = _build_compact(folder, dict(model.state_dict()), dtype)
-    compact.save_pretrained(folder, max_shard_size=max_shard_size)
-    # save_pretrained rewrites config.json from the loaded config; keep ours, which is the
-    # schema vLLM reads, and make sure the remote code sits beside it.
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    _copy_remote_code(folder)
-    generation_config = getattr(model, "generation_config", None)
-    if generation_config is not None:
-        generation_config.save_pretrained(folder)
-    licenses = write_companions(folder, tokenizer, source_dir, extra_files)
-    blocks = config["block_configs"]
-    return {
-        "format": "compact",
-        "schema": "nemotron-nas (DeciLM block_configs)",
-        "architectures": config["architectures"],
-        "trust_remote_code": True,
-        "remote_code": remote,
-        "attention_blocks": sum(1 for b in blocks if not b["attention"]["no_op"]),
-        "mlp_blocks": sum(1 for b in blocks if not b["ffn"]["no_op"]),
-        "zero_filled": False,
-        "max_shard_size": max_shard_size,
-        "files": folder_files(folder),
-        "license_files": licenses,
-    }
+    record = write_decilm(
+        dict(model.state_dict()),
+        model.config,
+        adapter,
+        model_layers(model, adapter),
+        folder,
+        dtype=next(model.parameters()).dtype,
+        tokenizer=tokenizer,
+        generation_config=getattr(model, "generation_config", None),
+        source_dir=source_dir,
+        max_shard_size=max_shard_size,
+        extra_files=extra_files,
+    )
+    record.pop("_model")
+    return record
 
 
 def export_compact(
@@ -237,3 +314,53 @@ def export_compact(
             model, adapter, tokenizer, tmp, source_dir=source_dir, max_shard_size=max_shard_size,
             extra_files=extra_files,
         )  # fmt: skip
+
+
+def write_compact_shape(
+    model: nn.Module,
+    adapter: ArchAdapter,
+    shape: Any,
+    tokenizer: Any,
+    folder: Path,
+    *,
+    schema: str = "auto",
+    source_dir: Path | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    extra_files: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The compact export of a dense `model` under `shape` (:class:`hubprune.shape.Shape`): whole
+    blocks removed in place, then the kept tensors sliced (:func:`hubprune.transforms.slice_state_dict`)
+    and written in the nemotron-nas schema when it can express the result (vLLM serves it), else in
+    our heterogeneous format (:mod:`hubprune.export_hetero`); `schema` "nemotron-nas" or "hetero"
+    forces one (nemotron-nas refuses, before anything is written, what it cannot express). The
+    record's `_model` is the compact model the weights were checked against."""
+    from hubprune.surgery import remove_blocks
+    from hubprune.transforms import slice_state_dict
+
+    if schema == "nemotron-nas":  # refuse before touching the model
+        reason = decilm_misfit(model.config, adapter, [b.layer_config() for _, b in shape.kept()])
+        if reason is not None:
+            raise ExportError(
+                f"--format nemotron-nas cannot express this plan: {reason}; use --format compact"
+            )
+    if shape.removed_blocks():
+        remove_blocks(model, adapter, shape.removed_blocks())
+    compacted = shape.compacted()
+    layers = [b.layer_config() for b in compacted.blocks]
+    state = slice_state_dict(model.state_dict(), adapter, compacted)
+    common = dict(
+        dtype=next(model.parameters()).dtype,
+        tokenizer=tokenizer,
+        generation_config=getattr(model, "generation_config", None),
+        source_dir=source_dir,
+        max_shard_size=max_shard_size,
+        extra_files=extra_files,
+    )
+    reason = decilm_misfit(model.config, adapter, layers)
+    if reason is None and schema != "hetero":
+        return write_decilm(state, model.config, adapter, layers, folder, **common)
+    from hubprune.export_hetero import write_hetero
+
+    record = write_hetero(state, model.config, layers, folder, **common)
+    record["nemotron_nas_misfit"] = reason
+    return record

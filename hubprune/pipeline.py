@@ -14,7 +14,7 @@ from typing import Any
 from hubprune import data as data_mod
 from hubprune import offline
 from hubprune.arch import ArchAdapter, adapter_for
-from hubprune.cost import model_cost
+from hubprune.cost import budget_reached, model_cost
 from hubprune.data import CalibrationBatch, TextSource
 from hubprune.errors import RecipeError
 from hubprune.export import DEFAULT_MAX_SHARD_SIZE, write_plain
@@ -22,6 +22,7 @@ from hubprune.methods import Budget, MethodContext, get_method
 from hubprune.plan import Manifest, Plan
 from hubprune.redact import public_text
 from hubprune.rundir import prepare_out_dir, staged_folder
+from hubprune.shape import Dims
 from hubprune.source import ResolvedSource, is_local, load_model, read_model_config, resolve_source
 from hubprune.surgery import apply_plan
 
@@ -127,13 +128,24 @@ def score(
     """Run a method and return its plan; calibration text (`texts`, or loaded now) is used only
     if the method needs it."""
     spec = get_method(method)
+    spec.check_budget(budget)
     params = spec.make_params(method_params)
     calibration = calibration or CalibrationOptions()
     batch = calibrate(loaded, calibration, texts) if spec.needs_calibration else None
     ctx = MethodContext(
         loaded.model, loaded.adapter, budget, batch, seed=calibration.seed, batch_size=batch_size
     )
-    return spec.plan_fn(ctx, params)
+    plan = spec.plan_fn(ctx, params)
+    return finish_plan(plan, loaded.model, loaded.adapter)
+
+
+def finish_plan(plan: Plan, model: Any, adapter: ArchAdapter) -> Plan:
+    """Record the dense model's widths and, for every method alike, what the plan reaches in
+    parameters, FLOPs and KV cache (the compact export's numbers, from the shape)."""
+    plan.dims = Dims.from_config(model.config).to_dict()
+    reached = plan.budget.setdefault("reached", {})
+    reached.update(budget_reached(model, adapter, plan.shape()))
+    return plan
 
 
 def prune(
@@ -165,12 +177,13 @@ def prune(
     prepare_out_dir(out_dir, overwrite, source=source.spec)  # fail before any expensive work
     spec = get_method(method)
     spec.make_params(method_params)  # a bad method argument fails before loading weights
+    spec.check_budget(budget)
     # Checks in order of cost: a local model's config (free), then the calibration text (a
     # missing file or column, or no Hub, fails before any download), then a Hub model's download.
     calibration = calibration or CalibrationOptions()
-    resolved = _resolve_and_check(source, spec, budget, export_format) if is_local(source.spec) else None
+    resolved = _resolve_and_check(source, spec, budget, method_params) if is_local(source.spec) else None
     texts = calibration_text(calibration, source.spec) if spec.needs_calibration else None
-    resolved = resolved or _resolve_and_check(source, spec, budget, export_format)
+    resolved = resolved or _resolve_and_check(source, spec, budget, method_params)
     loaded = load(source, resolved)
     before = model_cost(loaded.model, adapter=loaded.adapter)
     start = time.perf_counter()
@@ -225,24 +238,25 @@ def check_run_settings(*, batch_size: int, max_shard_size: str | int) -> None:
 
 
 def _resolve_and_check(
-    source: SourceOptions, spec: Any, budget: Budget, export_format: str
+    source: SourceOptions, spec: Any, budget: Budget, method_params: dict[str, Any] | None
 ) -> ResolvedSource:
     """Resolve the source and check what its config alone decides: family, unit budget, format."""
     resolved = resolve_source(source.spec, allow_pickle=source.allow_pickle, base_model=source.base_model)
     config = read_model_config(resolved.local_dir, source.spec)
-    family = adapter_for(str(config.get("model_type")))  # unsupported families fail before loading weights
+    adapter_for(str(config.get("model_type")))  # unsupported families fail before loading weights
+    params = spec.make_params(method_params)
+    if hasattr(params, "check"):  # width options against the model's widths (e.g. multiple_of)
+        params.check(Dims.from_config(config))
     if spec.unit_kind == "block" and budget.by == "units":
         budget.unit_count(config["num_hidden_layers"])
     if spec.unit_kind == "sublayer" and budget.by == "units":
         budget.unit_count(2 * config["num_hidden_layers"], "sublayers")
-    if export_format == "compact" and spec.unit_kind == "sublayer":
-        from hubprune.export_compact import check_compact_supported
-
-        check_compact_supported(config, family)
     return resolved
 
 
-EXPORT_FORMATS = ("plain", "compact")
+#: plain: the native architecture; compact: really smaller, in the nemotron-nas schema when it
+#: can express the plan, else our heterogeneous format; the last two force one compact schema.
+EXPORT_FORMATS = ("plain", "compact", "nemotron-nas", "hetero")
 
 
 def _apply_and_export(
@@ -252,28 +266,35 @@ def _apply_and_export(
     export_format: str,
     max_shard_size: str | int,
 ) -> dict[str, Any]:
-    """Apply `plan` for the chosen format and write the (staging) folder; the record carries `_model_after`."""
-    model, adapter = loaded.model, loaded.adapter
-    sublayer_units = [u for u in plan.removed if u.kind in ("attn", "mlp")]
-    where = dict(source_dir=loaded.source.local_dir, max_shard_size=max_shard_size)
-    if export_format == "compact" and sublayer_units:
-        from hubprune.export_compact import write_compact
+    """Apply `plan` for the chosen format and write the (staging) folder; the record carries `_model_after`.
 
-        apply_plan(model, adapter, plan, sublayers="remove")
-        after = model_cost(model, adapter=adapter)  # removed attention: fewer cached layers
-        export = write_compact(model, adapter, loaded.tokenizer, folder, **where)
+    compact: what the plan removes is really gone (:func:`export_compact.write_compact_shape`).
+    plain: the native architecture; removed heads, channels and sublayers are zero-filled.
+    """
+    model, adapter = loaded.model, loaded.adapter
+    shape = plan.shape()
+    cut = shape.has_widths() or shape.has_sublayer_removals()
+    where = dict(source_dir=loaded.source.local_dir, max_shard_size=max_shard_size)
+    if export_format != "plain" and cut:
+        from hubprune.export_compact import write_compact_shape
+
+        schema = "auto" if export_format == "compact" else export_format
+        export = write_compact_shape(model, adapter, shape, loaded.tokenizer, folder, schema=schema, **where)
+        after = model_cost(export.pop("_model"), adapter=adapter, folder=folder)
     else:
         apply_plan(model, adapter, plan, sublayers="zero")
         after = model_cost(model, adapter=adapter)
         export = write_plain(model, loaded.tokenizer, folder, **where)
-        if sublayer_units:
+        export.update(vllm_servable=True, how_to_load="AutoModelForCausalLM.from_pretrained(REPO)")
+        if cut:
+            zeroed = [u.name for u in plan.removed if u.kind != "block"]
             export["zero_filled"] = True
-            export["zero_filled_units"] = [u.name for u in sublayer_units]
+            export["zero_filled_units"] = zeroed
             export["savings"] = (
-                "none: removed attention/MLP sublayers are zero-filled output projections in the native "
-                "architecture (same outputs, same size and speed); use --format compact for real savings"
+                "none: removed heads, channels and sublayers are zero-filled weights in the native architecture "
+                "(same outputs, same size and speed); use --format compact for real savings"
             )
-        if export_format == "compact":
+        if export_format != "plain":
             export["compact_note"] = "only whole blocks were removed, so the compact export is the plain one"
     export["_model_after"] = after
     return export

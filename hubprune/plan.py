@@ -12,17 +12,22 @@ import datetime as _dt
 import hashlib
 import json
 import platform
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hubprune import __version__
 from hubprune.errors import HubpruneError, RecipeError, SourceError
+
+if TYPE_CHECKING:
+    from hubprune.shape import Shape
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "hubprune.json"
 #: Beside the manifest, never published: the source spec and recipe text with their local paths.
 LOCAL_RECORD_NAME = ".hubprune-local.json"
+#: Beside the manifest: the plan's tensors (:attr:`Plan.tensors`).
+PLAN_TENSORS_NAME = "hubprune-plan.safetensors"
 
 UNIT_KINDS = ("block", "attn", "mlp", "heads", "channels", "width")
 
@@ -104,12 +109,30 @@ class Plan:
     calibration: Calibration | None = None
     seed: int | None = None
     search_cost: dict[str, Any] | None = None  # what a search method spent (FinerCut: FLOPs, passes, time)
+    #: The dense model's widths (:class:`hubprune.shape.Dims`): what unit indices refer to.
+    dims: dict[str, int] | None = None
+    #: Tensors a method produces (per-channel scores, rotations): saved beside the manifest in
+    #: ``hubprune-plan.safetensors`` by :meth:`Manifest.save`, never in JSON.
+    tensors: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def removed_blocks(self) -> list[int]:
         return sorted(u.block for u in self.removed if u.kind == "block")
 
+    def shape(self) -> Shape:
+        """What the plan leaves of each block (:class:`hubprune.shape.Shape`)."""
+        from hubprune.shape import Dims, Shape
+
+        if self.dims is None:
+            raise RecipeError(
+                "this plan does not record the model's widths (it was written by an older hubprune); re-run prune"
+            )
+        return Shape.from_units(self.removed, Dims(**self.dims))
+
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = asdict(replace(self, tensors={}))
+        del out["tensors"]
+        if self.dims is not None:  # derived, for readers of the manifest; rebuilt from `removed` on load
+            out["shape"] = self.shape().to_dict()["blocks"]
         out["removed"] = [u.to_dict() for u in self.removed]
         out["scores"] = [
             {**s, "unit": s["unit"].to_dict()} if isinstance(s["unit"], Unit) else s for s in self.scores
@@ -207,6 +230,13 @@ class Manifest:
             atomic_write_text(local_path, json.dumps(local, indent=2, sort_keys=True) + "\n")
         else:
             local_path.unlink(missing_ok=True)
+        tensors_path = folder / PLAN_TENSORS_NAME
+        if self.plan.tensors:
+            from safetensors.torch import save_file
+
+            partial = tensors_path.with_name(f".{PLAN_TENSORS_NAME}.partial")
+            save_file({k: v.contiguous() for k, v in self.plan.tensors.items()}, str(partial))
+            partial.replace(tensors_path)
         text = json.dumps(public, indent=2, sort_keys=True) + "\n"
         return atomic_write_text(folder / MANIFEST_NAME, text)
 
@@ -224,6 +254,11 @@ class Manifest:
             known = {f.name for f in fields(cls)}
             data = {k: v for k, v in data.items() if k in known}
             data["plan"] = Plan.from_dict(data["plan"])
+            tensors_path = Path(folder) / PLAN_TENSORS_NAME
+            if tensors_path.is_file():
+                from safetensors.torch import load_file
+
+                data["plan"].tensors = load_file(str(tensors_path))
             return cls(**data)
         except HubpruneError:
             raise  # a plan that names something unknown says so itself

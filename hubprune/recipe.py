@@ -81,12 +81,12 @@ class PruneSection(_Section):
 
     method: str
     amount: int | float | str = Field(description="a whole count (6) or a fraction below 1 (0.25)")
-    budget_by: Literal["units", "params"] = "units"
+    budget_by: Literal["units", "params", "flops", "kv"] = "units"
     params: dict[str, Any] = Field(default_factory=dict, description="method parameters")
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
     batch_size: int = Field(default=8, gt=0)
     max_shard_size: str | int = "2GB"
-    export_format: Literal["plain", "compact"] = "plain"
+    export_format: Literal["plain", "compact", "nemotron-nas", "hetero"] = "plain"
 
     @field_validator("method")
     @classmethod

@@ -5,7 +5,7 @@ FinerCut (arXiv 2405.18218) removes a sublayer by making its residual contributi
 swaps, inside the block, the attention (or MLP) module for a parameter-free stand-in returning
 zeros, and its norms for ``nn.Identity``. The block's own ``forward`` is untouched: it still
 computes ``residual + 0``, which is exactly ``residual``, so outputs equal those of a model whose
-output projections are zero-filled (the plain export, :func:`zero_fill`).
+output projections are zero-filled (the plain export, :func:`hubprune.transforms.zero_fill`).
 
 The KV cache. transformers 5 caches hold one slot per block, created from the config (its
 ``layer_types``) before the first forward. A removed attention never writes its slot, and an
@@ -171,8 +171,8 @@ def remove_sublayers(model: nn.Module, adapter: ArchAdapter, units: Iterable[Uni
     """Remove attention/MLP sublayers in place (their parameters are freed); returns the units.
 
     Block indices are the model's current ones. The config is not changed: the model keeps its
-    native class, and a plain export of it would not load (use :func:`zero_fill` for that, or the
-    compact export).
+    native class, and a plain export of it would not load (use :func:`hubprune.transforms.zero_fill`
+    for that, or the compact export).
     """
     chosen = check_units(units, adapter.num_blocks(model))
     for unit in chosen:
@@ -196,26 +196,6 @@ def sublayers_skipped(model: nn.Module, adapter: ArchAdapter, units: Iterable[Un
     finally:
         for name, module in reversed(saved):
             _set(model, name, module)
-
-
-def zero_fill(model: nn.Module, adapter: ArchAdapter, units: Iterable[Unit]) -> list[str]:
-    """Zero the output projection (weight and bias) of each sublayer in `units`, in place.
-
-    The sublayer then adds exactly zero to the residual stream (Gemma's post-norm of zero is
-    zero), so outputs equal those of the removed model while the architecture stays native:
-    the plain export. No parameters or compute are saved. Returns the zeroed tensor names.
-    """
-    zeroed = []
-    blocks = adapter.blocks(model)
-    for unit in check_units(units, len(blocks)):
-        module_name, _ = _parts(adapter, unit.kind)
-        proj_name = adapter.attention_out if unit.kind == "attn" else adapter.mlp_out
-        proj = get_submodule(get_submodule(blocks[unit.block], module_name), proj_name)
-        with torch.no_grad():
-            for pname, param in proj.named_parameters(recurse=False):
-                param.zero_()
-                zeroed.append(f"{adapter.layers}.{unit.block}.{module_name}.{proj_name}.{pname}")
-    return zeroed
 
 
 def sublayer_param_counts(model: nn.Module, adapter: ArchAdapter) -> list[dict[str, int]]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from hubprune.arch import ArchAdapter
 from hubprune.errors import BudgetError, RecipeError
-from hubprune.plan import Plan
+from hubprune.plan import Plan, Unit
 
 
 def _check_indices(indices: Iterable[int], num_blocks: int) -> list[int]:
@@ -94,27 +94,52 @@ def blocks_skipped(model: nn.Module, adapter: ArchAdapter, indices: Iterable[int
 def apply_plan(model: nn.Module, adapter: ArchAdapter, plan: Plan, *, sublayers: str = "remove") -> nn.Module:
     """Apply every removal in `plan` to `model` (in place) and return it.
 
-    Attention/MLP sublayer units (original block indices) are handled first, by
-    :mod:`hubprune.sublayers`: `sublayers="remove"` swaps them for parameter-free stand-ins (the
-    in-memory pruned model, and the compact export), `"zero"` zero-fills their output projections
-    (the plain export: native architecture, no savings). Whole blocks are removed afterwards.
+    The plan's :class:`~hubprune.shape.Shape` decides everything, whatever the unit kinds.
+    Partial widths (KV groups, channels) are zero-filled (:func:`hubprune.transforms.zero_fill`):
+    the outputs are those of the narrower model, and the compact export slices them away.
+    Removed attention/MLP sublayers: `sublayers="remove"` swaps them for parameter-free
+    stand-ins (:mod:`hubprune.sublayers`: less memory, no KV cache), `"zero"` zero-fills their
+    output projections (the plain export: native architecture, no savings). Whole blocks are
+    removed last.
     """
-    kinds = {unit.kind for unit in plan.removed}
-    unsupported = kinds - {"block", "attn", "mlp"}
-    if unsupported:
-        raise RecipeError(
-            f"this hubprune cannot remove {', '.join(sorted(unsupported))} units; it removes blocks, attn and mlp"
-        )
-    sub_units = [u for u in plan.removed if u.kind in ("attn", "mlp")]
-    if sub_units:
-        from hubprune import sublayers as sublayers_mod
+    if sublayers not in ("remove", "zero"):
+        raise RecipeError(f"sublayers must be 'remove' or 'zero', got '{sublayers}'")
+    from hubprune import sublayers as sublayers_mod
+    from hubprune import transforms
+    from hubprune.shape import Dims, Shape
 
-        if sublayers == "remove":
-            sublayers_mod.remove_sublayers(model, adapter, sub_units)
-        elif sublayers == "zero":
-            sublayers_mod.zero_fill(model, adapter, sub_units)
-        else:
-            raise RecipeError(f"sublayers must be 'remove' or 'zero', got '{sublayers}'")
-    if plan.removed_blocks():
-        remove_blocks(model, adapter, plan.removed_blocks())
+    shape = Shape.from_units(plan.removed, Dims.from_config(model.config))
+    if sublayers == "zero":
+        transforms.zero_fill(model, adapter, shape)
+    else:
+        widths_only = Shape(
+            shape.dims,
+            tuple(
+                None if b is None else (b if b.attention and b.mlp else _full_sublayers(b, shape))
+                for b in shape.blocks
+            ),
+        )
+        transforms.zero_fill(model, adapter, widths_only)
+        gone = [
+            Unit(kind, i)
+            for i, b in shape.kept()
+            for kind, kept in (("attn", b.attention), ("mlp", b.mlp))
+            if not kept
+        ]
+        if gone:
+            sublayers_mod.remove_sublayers(model, adapter, gone)
+    if shape.removed_blocks():
+        remove_blocks(model, adapter, shape.removed_blocks())
     return model
+
+
+def _full_sublayers(block: Any, shape: Any) -> Any:
+    """`block` with a removed sublayer put back at full width (it is removed by swapping instead)."""
+    from dataclasses import replace
+
+    d = shape.dims
+    return replace(
+        block,
+        kv_groups=block.kv_groups or tuple(range(d.num_key_value_heads)),
+        channels=block.channels or tuple(range(d.intermediate_size)),
+    )

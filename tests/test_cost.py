@@ -9,7 +9,8 @@ import pytest
 from hubprune.arch import adapter_for
 from hubprune.cost import bytes_on_disk, cost_change, model_cost
 from hubprune.plan import Plan, Unit
-from tests.tiny import tiny_model
+from hubprune.shape import Dims
+from tests.tiny import FAMILIES, tiny_model
 
 # tiny models: hidden 64, MLP 96, 4 query heads / 2 KV heads of 16, vocab 128, fp32
 HIDDEN, MLP, HEADS, KV_HEADS, HEAD_DIM, VOCAB = 64, 96, 4, 2, 16, 128
@@ -93,7 +94,8 @@ def test_zero_filled_sublayers_save_nothing_and_say_so() -> None:
     model = tiny_model("llama")
     adapter = adapter_for(model)
     dense = model_cost(model, adapter=adapter, context=100)
-    plan = Plan("finercut", "sublayer", [Unit("attn", 1), Unit("mlp", 2)])
+    dims = Dims.from_config(model.config).to_dict()
+    plan = Plan("finercut", "sublayer", [Unit("attn", 1), Unit("mlp", 2)], dims=dims)
     cost = model_cost(model, adapter=adapter, plan=plan, export_format="plain", context=100)
     for key in ("params_total", "flops_per_token", "kv_cache_bytes_per_token", "weight_bytes"):
         assert cost[key] == dense[key]
@@ -124,3 +126,32 @@ def test_cost_change_is_relative() -> None:
     assert change["flops_per_token"] == 0
     assert change["kv_cache_bytes_per_token"] == pytest.approx(-0.25)
     assert change["bytes_on_disk"] is None
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_cost_of_a_shape_matches_the_model_and_its_sliced_tensors(model_type: str) -> None:
+    """plan_cost of the dense shape equals model_cost of the model (params, FLOPs, KV cache); under
+    a width shape its parameter count is the numel of the sliced tensors, and KV cache / attention
+    FLOPs drop by exactly the removed KV group and attention sublayer."""
+    from hubprune.cost import plan_cost
+    from hubprune.shape import Shape
+    from hubprune.transforms import slice_state_dict
+
+    model = tiny_model(model_type)
+    adapter = adapter_for(model)
+    dims = Dims.from_config(model.config)
+    dense = model_cost(model, adapter=adapter, context=100)
+    same = plan_cost(model, adapter, Shape.dense(dims), context=100)
+    for key in ("params_total", "params_non_embedding", "flops_per_token", "kv_cache_bytes_per_token"):
+        assert same[key] == dense[key], key
+    units = [Unit("heads", 1, (1,)), Unit("channels", 2, tuple(range(24))), Unit("attn", 3)]
+    shape = Shape.from_units(units, dims)
+    cost = plan_cost(model, adapter, shape, context=100)
+    tied_twice = len(model.state_dict()) - len(dict(model.named_parameters()))
+    sliced = slice_state_dict(model.state_dict(), adapter, shape)
+    if tied_twice:
+        sliced.pop(adapter.lm_head + ".weight")
+    assert cost["params_total"] == sum(t.numel() for t in sliced.values())
+    per_kv_layer = dense["kv_cache_bytes_per_token"] // (dims.num_blocks * dims.num_key_value_heads)
+    assert cost["kv_cache_bytes_per_token"] == dense["kv_cache_bytes_per_token"] - 3 * per_kv_layer
+    assert cost["attention_layers"] == dims.num_blocks - 1

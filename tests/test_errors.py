@@ -90,8 +90,8 @@ def test_library_mistakes_are_hubprune_errors():
         measure_speed(model, repeats=0, warmup=-1)
     with pytest.raises(HubpruneError, match=r"got new_tokens=2.5$"):
         measure_speed(model, new_tokens=2.5)
-    with pytest.raises(HubpruneError, match="cannot remove heads units"):
-        apply_plan(model, adapter, Plan("x", "heads", [Unit("heads", 0, indices=(0,))]))
+    with pytest.raises(HubpruneError, match="KV group 2 of block 0 does not exist"):
+        apply_plan(model, adapter, Plan("x", "heads", [Unit("heads", 0, indices=(2,))]))
     with pytest.raises(HubpruneError, match="sublayers must be 'remove' or 'zero', got 'drop'"):
         apply_plan(model, adapter, Plan("x", "sublayer", [Unit("mlp", 0)]), sublayers="drop")
     with pytest.raises(HubpruneError, match="block 1 is not a sublayer unit"):

@@ -125,3 +125,31 @@ def test_unknown_method_lists_choices():
 def test_unknown_method_parameter():
     with pytest.raises(RecipeError, match="has no parameter 'depth'"):
         get_method("block-influence").make_params({"depth": 3})
+
+
+def test_every_budget_kind_is_offered_by_the_cli_and_recipes() -> None:
+    """The CLI choices and the recipe schema list exactly the budget kinds Budget accepts."""
+    import typing
+
+    from hubprune.cli import build_parser
+    from hubprune.methods.budget import BUDGET_KINDS
+    from hubprune.recipe import PruneSection
+
+    action = next(a for a in build_parser()._subparsers._group_actions[0].choices["prune"]._actions
+                  if a.dest == "budget_by")  # fmt: skip
+    assert tuple(action.choices) == BUDGET_KINDS
+    assert typing.get_args(PruneSection.model_fields["budget_by"].annotation) == BUDGET_KINDS
+
+
+def test_a_budget_kind_a_method_does_not_support_is_refused() -> None:
+    """A method declaring fewer budget kinds refuses the others in one sentence naming its kinds
+    (checked before any weights load)."""
+    import dataclasses
+
+    from hubprune.errors import BudgetError
+    from hubprune.methods import Budget, get_method
+
+    spec = dataclasses.replace(get_method("reverse-order"), budget_kinds=("units", "params"))
+    with pytest.raises(BudgetError, match="cannot budget by kv; it supports --budget-by units, params"):
+        spec.check_budget(Budget.parse("0.2", "kv"))
+    spec.check_budget(Budget.parse("0.2", "params"))

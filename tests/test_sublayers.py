@@ -10,15 +10,16 @@ import torch
 from hubprune.arch import adapter_for
 from hubprune.errors import BudgetError
 from hubprune.plan import Plan, Unit
+from hubprune.shape import Dims, Shape
 from hubprune.sublayers import (
     check_units,
     remove_sublayers,
     removed_sublayers,
     skipped_cache_layer_cls,
     sublayers_skipped,
-    zero_fill,
 )
 from hubprune.surgery import apply_plan
+from hubprune.transforms import zero_fill as zero_fill_shape
 from tests.test_finercut import one_thread  # noqa: F401  (autouse: one torch thread)
 from tests.tiny import FAMILIES, tiny_model
 
@@ -29,6 +30,11 @@ UNITS = [Unit("attn", 0), Unit("mlp", 1), Unit("attn", 2)]
 
 def _ids(seed: int = 0, shape: tuple[int, int] = (2, 10)) -> torch.Tensor:
     return torch.randint(4, 100, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def zero_fill(model, adapter, units) -> None:
+    """The plain export's zero-filling of `units` (hubprune.transforms, over the plan's shape)."""
+    zero_fill_shape(model, adapter, Shape.from_units(units, Dims.from_config(model.config)))
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -47,8 +47,9 @@ def add_method_options(parser: argparse.ArgumentParser, *, amount_required: bool
     group.add_argument(
         "--budget-by",
         default="units",
-        choices=["units", "params"],
-        help="read --amount as a share of units (blocks) or of parameters (default: units)",
+        choices=["units", "params", "flops", "kv"],  # methods.budget.BUDGET_KINDS (import is slow)
+        help="read --amount as a share of units (blocks, sublayers, heads, channels), parameters, FLOPs per "
+        "token or KV-cache bytes per token (default: units)",
     )
     group.add_argument(
         "--batch-size", type=int, default=8, help="calibration sequences per forward pass (default: 8)"

@@ -27,9 +27,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--format",
         dest="export_format",
         default="plain",
-        choices=["plain", "compact"],
-        help="plain: native architecture, removed attention/MLP sublayers zero-filled (no savings); "
-        "compact: removed sublayers really gone, nemotron-nas config + remote code (default: plain)",
+        choices=["plain", "compact", "nemotron-nas", "hetero"],  # pipeline.EXPORT_FORMATS
+        help="plain: native architecture, removed heads, channels and sublayers zero-filled (no savings); "
+        "compact: really smaller, as nemotron-nas (vLLM serves it) when that schema can express the plan, "
+        "else hubprune's heterogeneous format; both need trust_remote_code=True. nemotron-nas / hetero "
+        "force one of the two (default: plain)",
     )
     parser.set_defaults(run=run)
 

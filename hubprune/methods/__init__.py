@@ -8,6 +8,7 @@ from hubprune.methods import (  # noqa: F401
     perplexity,
     random_blocks,
     reverse_order,
+    wanda_sp,
 )
 from hubprune.methods.budget import Budget, parse_amount
 from hubprune.methods.registry import (

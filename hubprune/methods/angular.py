@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
+from hubprune.cost import block_savings
 from hubprune.methods.blocks import block_plan
 from hubprune.methods.capture import stream_blocks
 from hubprune.methods.metrics import angular_distance
 from hubprune.methods.registry import MethodContext, MethodSpec, register_method
 from hubprune.plan import Plan
-from hubprune.size import block_params, unique_params
 
 
 @dataclass
@@ -51,12 +51,15 @@ def angular_run_distances(ctx: MethodContext, n: int) -> list[float]:
 
 
 def plan_angular(ctx: MethodContext, params: AngularParams) -> Plan:
-    per_block = block_params(ctx.model, ctx.adapter)
     # Without a budget (scoring only) the run length is one block.
-    n = ctx.budget.count_for_uniform(per_block, unique_params([ctx.model])) if ctx.budget else 1
+    n = (
+        ctx.budget.count_for_uniform(*block_savings(ctx.model, ctx.adapter, ctx.budget.by))
+        if ctx.budget
+        else 1
+    )
     distances = angular_run_distances(ctx, n)
     start = min(range(len(distances)), key=lambda i: (distances[i], i))
-    scores = distances + [math.inf] * (len(per_block) - len(distances))
+    scores = distances + [math.inf] * (ctx.adapter.num_blocks(ctx.model) - len(distances))
     order = sorted(range(len(scores)), key=lambda i: (scores[i], i))
     return block_plan(
         ctx,

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
+from hubprune.cost import block_savings
 from hubprune.methods.registry import MethodContext
 from hubprune.plan import Plan, Unit
 from hubprune.size import block_params, unique_params
@@ -26,7 +27,11 @@ def block_plan(
     total = unique_params([ctx.model])
     if chosen is None:
         # No budget: scoring only (`hubprune inspect`), nothing is removed.
-        chosen = ctx.budget.select(order, per_block, total) if ctx.budget is not None else []
+        if ctx.budget is None:
+            chosen = []
+        else:
+            savings, dense = block_savings(ctx.model, ctx.adapter, ctx.budget.by)
+            chosen = ctx.budget.select(order, savings, dense)
     removed_params = sum(per_block[i] for i in chosen)
     budget = {
         "requested": ctx.budget.to_dict() if ctx.budget else None,

@@ -1,8 +1,11 @@
-"""Pruning budgets: how much to remove, as a unit count, a fraction of units, or of parameters.
+"""Pruning budgets: how much to remove, as a unit count, or a fraction of units, parameters,
+FLOPs per token or KV-cache bytes per token.
 
 `--amount 6` removes 6 units; `--amount 0.25` removes 25% of the units (rounded to the nearest
-whole unit); with `--budget-by params`, `--amount 0.1` removes units in the method's order until
-at least 10% of the model's parameters are gone (tied embeddings counted once, in the total).
+whole unit); with `--budget-by params` (or `flops`, `kv`), `--amount 0.1` removes units in the
+method's order until at least 10% of the model's parameters (FLOPs per token, KV cache) are gone.
+Costs come from :func:`hubprune.cost.plan_cost` (tied embeddings counted once; FLOPs at the
+default context). Each method says which kinds it supports (:attr:`MethodSpec.budget_kinds`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,14 @@ from typing import Any
 
 from hubprune.errors import BudgetError, RecipeError
 
-BUDGET_KINDS = ("units", "params")
+BUDGET_KINDS = ("units", "params", "flops", "kv")
+#: How a budget kind reads in a sentence.
+BUDGET_WHAT = {
+    "units": "the units",
+    "params": "the parameters",
+    "flops": "the FLOPs per token",
+    "kv": "the KV cache",
+}
 
 
 def parse_amount(text: str | float | int) -> float | int:
@@ -51,9 +61,9 @@ class Budget:
     def __post_init__(self) -> None:
         if self.by not in BUDGET_KINDS:
             raise RecipeError(f"budget-by must be one of {', '.join(BUDGET_KINDS)}, got {self.by!r}")
-        if self.by == "params" and not isinstance(self.amount, float):
+        if self.by != "units" and not isinstance(self.amount, float):
             raise BudgetError(
-                "a parameter budget is a fraction below 1, e.g. --amount 0.1 --budget-by params"
+                f"a budget by {self.by} is a fraction below 1, e.g. --amount 0.1 --budget-by {self.by}"
             )
         parse_amount(self.amount)
 
@@ -76,35 +86,34 @@ class Budget:
         return count
 
     def select(
-        self, order: Sequence[int], unit_params: Sequence[int], total_params: int, unit_name: str = "blocks"
+        self, order: Sequence[int], unit_costs: Sequence[float], total: float, unit_name: str = "blocks"
     ) -> list[int]:
-        """Take units from `order` (most removable first) until the budget is met."""
+        """Take units from `order` (most removable first) until the budget is met; `unit_costs`
+        are what removing each unit saves, in the budget's kind, of `total`."""
         if self.by == "units":
-            return list(order[: self.unit_count(len(unit_params), unit_name)])
-        target = self.amount * total_params
+            return list(order[: self.unit_count(len(unit_costs), unit_name)])
+        target = self.amount * total
         chosen: list[int] = []
-        removed = 0
+        removed = 0.0
         for unit in order:
             if removed >= target:
                 break
             chosen.append(unit)
-            removed += unit_params[unit]
-        if removed < target or len(chosen) >= len(unit_params):
+            removed += unit_costs[unit]
+        if removed < target or len(chosen) >= len(unit_costs):
             raise BudgetError(
-                f"removing {self.amount:.0%} of the parameters would take all {len(unit_params)} {unit_name}"
+                f"removing {self.amount:.0%} of {BUDGET_WHAT[self.by]} would take all {len(unit_costs)} {unit_name}"
             )
         return chosen
 
-    def count_for_uniform(
-        self, unit_params: Sequence[int], total_params: int, unit_name: str = "blocks"
-    ) -> int:
+    def count_for_uniform(self, unit_costs: Sequence[float], total: float, unit_name: str = "blocks") -> int:
         """How many units the budget means when any units may be chosen (for contiguous searches)."""
         if self.by == "units":
-            return self.unit_count(len(unit_params), unit_name)
-        per_unit = sum(unit_params) / len(unit_params)
-        count = math.ceil(self.amount * total_params / per_unit)
-        if count >= len(unit_params):
+            return self.unit_count(len(unit_costs), unit_name)
+        per_unit = sum(unit_costs) / len(unit_costs)
+        count = math.ceil(self.amount * total / per_unit) if per_unit else len(unit_costs)
+        if count >= len(unit_costs):
             raise BudgetError(
-                f"removing {self.amount:.0%} of the parameters would take all {len(unit_params)} {unit_name}"
+                f"removing {self.amount:.0%} of {BUDGET_WHAT[self.by]} would take all {len(unit_costs)} {unit_name}"
             )
         return max(count, 1)

@@ -60,12 +60,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hubprune.arch import ArchAdapter
+from hubprune.cost import removal_savings
 from hubprune.data import CalibrationBatch
 from hubprune.errors import BudgetError, RecipeError
 from hubprune.evaluation.perplexity import token_nll
-from hubprune.methods.budget import Budget
+from hubprune.methods.budget import BUDGET_WHAT, Budget
 from hubprune.methods.registry import MethodContext, MethodSpec, register_method
 from hubprune.plan import Plan, Unit
+from hubprune.shape import Dims, Shape
 from hubprune.size import unique_params
 from hubprune.sublayers import sublayers_skipped
 from hubprune.transforms import gated
@@ -656,17 +658,19 @@ def finercut_search(
 
 
 def _stop_rule(
-    budget: Budget, sub_params: dict[Unit, int], total_params: int, num_units: int
+    budget: Budget, savings: dict[Unit, float], total: float, num_units: int
 ) -> Callable[[list[Unit]], bool]:
+    """When the search has removed enough: a unit count, or `savings` (per sublayer, in the
+    budget's kind) adding up to the budget's share of `total`."""
     if budget.by == "units":
         count = budget.unit_count(num_units, "sublayers")
         return lambda removed: len(removed) >= count
-    target = budget.amount * total_params
-    if target >= sum(sub_params.values()) - min(sub_params.values()):
+    target = budget.amount * total
+    if target >= sum(savings.values()) - min(savings.values()):
         raise BudgetError(
-            f"removing {budget.amount:.0%} of the parameters would take every attention and MLP sublayer"
+            f"removing {budget.amount:.0%} of {BUDGET_WHAT[budget.by]} would take every attention and MLP sublayer"
         )
-    return lambda removed: sum(sub_params[u] for u in removed) >= target
+    return lambda removed: sum(savings[u] for u in removed) >= target
 
 
 def plan_finercut(ctx: MethodContext, params: FinerCutParams) -> Plan:
@@ -683,7 +687,11 @@ def plan_finercut(ctx: MethodContext, params: FinerCutParams) -> Plan:
     if ctx.budget is None:
         done: Callable[[list[Unit]], bool] = lambda removed: len(removed) >= 1  # noqa: E731
     else:
-        done = _stop_rule(ctx.budget, sub_params, total, len(sub_params))
+        units = list(sub_params)
+        dims = Dims.from_config(model.config)
+        shapes = [Shape.from_units([u], dims) for u in units]
+        costs, dense = removal_savings(model, adapter, shapes, ctx.budget.by)
+        done = _stop_rule(ctx.budget, dict(zip(units, costs, strict=True)), dense, len(sub_params))
     result = finercut_search(model, adapter, ctx.calibration, params, done, batch_size=ctx.batch_size)
     chosen = result.order if ctx.budget is not None else []
     removed_params = sum(sub_params[u] for u in chosen)

@@ -11,7 +11,7 @@ from torch import nn
 
 from hubprune.arch import ArchAdapter
 from hubprune.data import CalibrationBatch
-from hubprune.errors import RecipeError
+from hubprune.errors import BudgetError, RecipeError
 from hubprune.methods.budget import Budget
 from hubprune.plan import Plan
 
@@ -43,6 +43,16 @@ class MethodSpec:
     needs_calibration: bool
     unit_kind: str = "block"
     citation: str = ""
+    #: The `--budget-by` kinds this method can meet (see :mod:`hubprune.methods.budget`).
+    budget_kinds: tuple[str, ...] = ("units", "params", "flops", "kv")
+
+    def check_budget(self, budget: Budget | None) -> None:
+        """Refuse a budget kind this method cannot meet, naming the ones it can."""
+        if budget is not None and budget.by not in self.budget_kinds:
+            raise BudgetError(
+                f"method '{self.name}' cannot budget by {budget.by}; it supports --budget-by "
+                + ", ".join(self.budget_kinds)
+            )
 
     def make_params(self, values: dict[str, Any] | None = None) -> Any:
         """Build the params dataclass, refusing unknown keys with the accepted ones."""

@@ -1,0 +1,142 @@
+"""Wanda-SP: structured Wanda scores for KV groups and MLP channels (FLAP-style width pruning).
+
+Wanda (Sun et al. 2023, arXiv 2306.11695) scores a weight by ``|W_ij| * ||X_j||``: its magnitude
+times the norm of the input feature it multiplies over calibration tokens. The structured
+variant (Wanda-SP, the baseline of An et al. 2024 FLAP, arXiv 2312.11983, and of the
+policy-gradient paper, arXiv 2406.10576) scores a whole input column of the projections that
+read a prunable space, summing over its rows: channel c of block i scores
+``sum_r |W_down[r, c]| * ||X_down[:, c]||``; a KV group sums the columns of ``o_proj`` that
+belong to its query heads. One forward pass per calibration batch collects every block's input
+norms (forward pre-hooks accumulate ``sum x^2`` per column; nothing else is kept).
+
+Removal per block (``scope=uniform``) or across blocks (``scope=global``), under any budget
+(:mod:`hubprune.methods.width`). Scores of every KV group are in the plan; the per-channel
+scores go beside the manifest as tensors (``hubprune-plan.safetensors``), not into JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from hubprune.arch.adapter import CHANNELS, QUERY
+from hubprune.methods.registry import MethodContext, MethodSpec, register_method
+from hubprune.methods.width import WidthParams, select_width
+from hubprune.plan import Plan, Unit
+from hubprune.shape import Dims
+
+
+@dataclass
+class WandaSPParams(WidthParams):
+    """The width options (scope, units, multiple_of, min_kv_groups, min_channels)."""
+
+
+def column_scores(weight: torch.Tensor, input_sq_sum: torch.Tensor) -> torch.Tensor:
+    """Wanda-SP score of every input column: ``sum_rows |W| * ||X_col||`` (one value per column)."""
+    return (weight.detach().abs().double() * input_sq_sum.double().sqrt()).sum(dim=0)
+
+
+@torch.no_grad()
+def input_norms(ctx: MethodContext) -> dict[tuple[int, str], tuple[nn.Module, torch.Tensor]]:
+    """Per (block, space) reader projection: the module and the sum over calibration tokens of the
+    squared input of each of its columns (padding excluded)."""
+    assert ctx.calibration is not None
+    adapter, model = ctx.adapter, ctx.model
+    sums: dict[tuple[int, str], tuple[nn.Module, torch.Tensor]] = {}
+    current: list[torch.Tensor] = []
+    hooks = []
+    for b, block in enumerate(adapter.blocks(model)):
+        for space in (QUERY, CHANNELS):
+            for p in adapter.readers_of(space):
+                root = adapter.attention if p.sublayer == "attn" else adapter.mlp
+                module = block.get_submodule(f"{root}.{p.name}")
+                sums[(b, space)] = (module, torch.zeros(module.in_features, dtype=torch.float64))
+
+                def hook(_m: nn.Module, args: tuple, key: tuple[int, str] = (b, space)) -> None:
+                    x = args[0].double() * current[0].unsqueeze(-1)
+                    acc = sums[key][1]
+                    acc += x.pow(2).sum(dim=(0, 1)).to(acc.device)
+
+                hooks.append(module.register_forward_pre_hook(hook))
+    device = next(model.parameters()).device
+    backbone = adapter.decoder_model(model)
+    try:
+        batches = ctx.calibration.batches(ctx.batch_size)
+        for ids, mask in tqdm(batches, desc="Wanda-SP input norms", unit="batch", leave=False):
+            current[:] = [mask.to(device)]
+            backbone(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sums
+
+
+def wanda_sp_scores(ctx: MethodContext) -> dict[str, list[torch.Tensor]]:
+    """{"heads": per block, one score per KV group; "channels": per block, one per channel}."""
+    dims = Dims.from_config(ctx.model.config)
+    norms = input_norms(ctx)
+    heads, channels = [], []
+    group_cols = dims.group_size * dims.head_dim
+    for b in range(dims.num_blocks):
+        module, sq = norms[(b, QUERY)]
+        per_column = column_scores(module.weight, sq)
+        heads.append(per_column.view(dims.num_key_value_heads, group_cols).sum(dim=1))
+        module, sq = norms[(b, CHANNELS)]
+        channels.append(column_scores(module.weight, sq))
+    return {"heads": heads, "channels": channels}
+
+
+def plan_wanda_sp(ctx: MethodContext, params: WandaSPParams) -> Plan:
+    """Score every KV group and channel, then remove under the budget (nothing without one)."""
+    scores = wanda_sp_scores(ctx)
+    removed = select_width(ctx, scores, params) if ctx.budget is not None else []
+    gone = {(u.kind, u.block): set(u.indices or ()) for u in removed}
+    head_scores = [
+        {
+            "unit": Unit("heads", b, (g,)),
+            "score": float(s),
+            "removed": g in gone.get(("heads", b), set()),
+        }
+        for b, block in enumerate(scores["heads"])
+        for g, s in enumerate(block.tolist())
+    ]
+    return Plan(
+        method="wanda-sp",
+        unit_kind="width",
+        removed=removed,
+        scores=head_scores,
+        score_meaning="sum over a KV group's o_proj columns of |W| x ||X||; the lowest are removed first "
+        "(per-channel scores: plan tensors wanda_sp.channels.<block>)",
+        params=asdict(params),
+        budget={
+            "requested": ctx.budget.to_dict() if ctx.budget else None,
+            "reached": {
+                "units_removed": {
+                    k: sum(len(u.indices or ()) for u in removed if u.kind == k)
+                    for k in ("heads", "channels")
+                },
+            },
+        },
+        calibration=ctx.calibration.info if ctx.calibration is not None else None,
+        seed=ctx.seed,
+        tensors={f"wanda_sp.channels.{b}": s.float() for b, s in enumerate(scores["channels"])},
+    )
+
+
+SPEC = register_method(
+    MethodSpec(
+        name="wanda-sp",
+        title="Wanda-SP (structured Wanda: KV groups and MLP channels)",
+        reference_url="https://arxiv.org/abs/2312.11983",
+        params_cls=WandaSPParams,
+        plan_fn=plan_wanda_sp,
+        needs_calibration=True,
+        unit_kind="width",
+        citation="@inproceedings{an2024flap, title={Fluctuation-based Adaptive Structured Pruning for Large "
+        "Language Models}, author={An, Yongqi and Zhao, Xu and Yu, Tao and Tang, Ming and Wang, Jinqiao}, "
+        "booktitle={AAAI}, year={2024}}",
+    )
+)
