@@ -121,10 +121,46 @@ def _nemotron_nas_family(config: dict[str, Any]) -> str:
     return schema_model_type("decilm")
 
 
-def _write_nemotron_nas(model: nn.Module, adapter: Any, tokenizer: Any, folder: Path, **where: Any) -> dict:
-    from hubprune.export_compact import write_compact
+def _decilm_layers(config: Any) -> list[dict[str, Any]]:
+    """Per block of a loaded DeciLM model, the widths its `block_configs` give (KV heads and MLP
+    width may differ per block after width pruning), as :func:`hubprune.export_compact.write_decilm`
+    takes them."""
+    out = []
+    for i, block in enumerate(config.block_configs):
+        attention, mlp = not block.attention.no_op, not block.ffn.no_op
+        out.append(
+            {
+                "attention": attention,
+                "num_attention_heads": config.num_attention_heads if attention else 0,
+                "num_key_value_heads": config.num_key_value_heads_of(i),
+                "mlp": mlp,
+                "intermediate_size": config.intermediate_size_of(i),
+            }
+        )
+    return out
 
-    return write_compact(model, adapter, tokenizer, folder, **where)
+
+def _write_nemotron_nas(model: nn.Module, adapter: Any, tokenizer: Any, folder: Path, **where: Any) -> dict:
+    """A model with sublayers removed in memory through :func:`hubprune.export_compact.write_compact`;
+    a model loaded from a nemotron-nas folder (recovered, say) with the widths of its own
+    `block_configs`, which the native config's single KV-head count and MLP width cannot give."""
+    from hubprune.export_compact import write_compact, write_decilm
+
+    if getattr(model.config, "block_configs", None) is None:
+        return write_compact(model, adapter, tokenizer, folder, **where)
+    record = write_decilm(
+        dict(model.state_dict()),
+        model.config,
+        adapter,
+        _decilm_layers(model.config),
+        folder,
+        dtype=next(model.parameters()).dtype,
+        tokenizer=tokenizer,
+        generation_config=getattr(model, "generation_config", None),
+        **where,
+    )
+    record.pop("_model")
+    return record
 
 
 NEMOTRON_NAS = ExportFormat(

@@ -19,12 +19,22 @@ from transformers import AutoModelForCausalLM
 
 from hubprune import evaluation
 from hubprune import export_compact as export_compact_mod
+from hubprune import recover as recover_mod
 from hubprune.arch import adapter_for
 from hubprune.card import render_card_text
 from hubprune.cli import main
 from hubprune.cost import model_cost
 from hubprune.errors import UnsupportedArchitectureError
-from hubprune.formats import FORMATS, NEMOTRON_NAS, PLAIN, REMOTE_PACKAGE, format_of, register_format
+from hubprune.formats import (
+    FORMATS,
+    NEMOTRON_NAS,
+    PLAIN,
+    REMOTE_PACKAGE,
+    format_of,
+    load_folder,
+    register_format,
+    remote_code_module,
+)
 from hubprune.methods import Budget
 from hubprune.pipeline import CalibrationOptions, SourceOptions, prune
 from hubprune.plan import Manifest, Unit
@@ -35,7 +45,7 @@ from hubprune.sublayers import remove_sublayers
 from tests.test_export_compact import _save_compactable
 from tests.test_finercut import one_thread  # noqa: F401  (autouse: one torch thread)
 from tests.test_recover import PROBE, _settings
-from tests.tiny import SAMPLE_TEXT, tiny_model
+from tests.tiny import SAMPLE_TEXT, char_tokenizer, tiny_config, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -147,17 +157,43 @@ def test_eval_compact_run_and_bare_folder(
 
 @pytest.fixture
 def written(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """Logits of the exact model object handed to write_compact, before it is written."""
+    """Logits of the exact model object recovery exported (LoRA merged, cast back)."""
     seen: dict = {}
-    original = export_compact_mod.write_compact
+    original = recover_mod._export
 
-    def spy(model, *args, **kwargs):
+    def spy(*args, **kwargs):
+        model, export = original(*args, **kwargs)
         with torch.no_grad():
             seen["logits"] = model(PROBE).logits.clone()
-        return original(model, *args, **kwargs)
+        return model, export
 
-    monkeypatch.setattr(export_compact_mod, "write_compact", spy)
+    monkeypatch.setattr(recover_mod, "_export", spy)
     return seen
+
+
+def test_nemotron_nas_rewrite_keeps_per_block_widths(tmp_path: Path) -> None:
+    """Would catch re-exporting a loaded compact model (as recovery does) with the config's one
+    KV-head count instead of each block's own (a width-pruned nemotron-nas model)."""
+    blocks = [
+        {"attention": {"n_heads_in_group": 2}, "ffn": {"ffn_mult": 6.0}},
+        {"attention": {"n_heads_in_group": 4}, "ffn": {"ffn_mult": 6.0}},
+        {"attention": {"no_op": True}, "ffn": {"ffn_mult": 6.0}},
+        {"attention": {"n_heads_in_group": 4}, "ffn": {"no_op": True}},
+    ]
+    config = remote_code_module("configuration_decilm").DeciLMConfig(
+        **{**tiny_config("llama").to_dict(), "intermediate_size": 256, "block_configs": blocks}
+    )
+    torch.manual_seed(0)
+    model = remote_code_module("modeling_decilm").DeciLMForCausalLM(config).eval()
+    folder = tmp_path / "rewritten"
+    folder.mkdir()
+    record = NEMOTRON_NAS.write(model, adapter_for(model), char_tokenizer(), folder)
+    assert record["format"] == "compact" and (folder / "modeling_decilm.py").is_file()
+    written = json.loads((folder / "config.json").read_text())["block_configs"]
+    assert [b["attention"]["n_heads_in_group"] for b in written] == [2, 4, None, 4]
+    reloaded = load_folder(folder, dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(PROBE).logits, model(PROBE).logits, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("mode", ["partial", "lora"])
