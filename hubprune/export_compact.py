@@ -101,7 +101,8 @@ def check_compact_supported(config: Any, adapter: ArchAdapter, *, check_width: b
     heads, kv_heads = _get(config, "num_attention_heads"), _get(config, "num_key_value_heads")
     if kv_heads and heads % kv_heads:
         raise UnsupportedArchitectureError(f"{heads} query heads do not split into {kv_heads} KV groups")
-    ffn_mult_for(_get(config, "intermediate_size"), _get(config, "hidden_size"))
+    if check_width:
+        ffn_mult_for(_get(config, "intermediate_size"), _get(config, "hidden_size"))
 
 
 def model_layers(model: nn.Module, adapter: ArchAdapter) -> list[dict[str, Any]]:
@@ -137,6 +138,7 @@ def decilm_misfit(config: Any, adapter: ArchAdapter, layers: list[dict[str, Any]
     for i, layer in enumerate(layers):
         if layer["attention"] and layer["num_attention_heads"] != heads:
             return f"block {i} keeps {layer['num_attention_heads']} of {heads} query heads (the schema has one count)"
+    for layer in layers:
         if layer["mlp"]:
             try:
                 ffn_mult_for(layer["intermediate_size"], _get(config, "hidden_size"))

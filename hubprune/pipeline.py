@@ -181,9 +181,9 @@ def prune(
     # Checks in order of cost: a local model's config (free), then the calibration text (a
     # missing file or column, or no Hub, fails before any download), then a Hub model's download.
     calibration = calibration or CalibrationOptions()
-    resolved = _resolve_and_check(source, spec, budget, method_params) if is_local(source.spec) else None
+    resolved = _resolve_and_check(source, spec, budget, method_params, export_format) if is_local(source.spec) else None
     texts = calibration_text(calibration, source.spec) if spec.needs_calibration else None
-    resolved = resolved or _resolve_and_check(source, spec, budget, method_params)
+    resolved = resolved or _resolve_and_check(source, spec, budget, method_params, export_format)
     loaded = load(source, resolved)
     before = model_cost(loaded.model, adapter=loaded.adapter)
     start = time.perf_counter()
@@ -238,12 +238,16 @@ def check_run_settings(*, batch_size: int, max_shard_size: str | int) -> None:
 
 
 def _resolve_and_check(
-    source: SourceOptions, spec: Any, budget: Budget, method_params: dict[str, Any] | None
+    source: SourceOptions, spec: Any, budget: Budget, method_params: dict[str, Any] | None, export_format: str
 ) -> ResolvedSource:
     """Resolve the source and check what its config alone decides: family, unit budget, format."""
     resolved = resolve_source(source.spec, allow_pickle=source.allow_pickle, base_model=source.base_model)
     config = read_model_config(resolved.local_dir, source.spec)
-    adapter_for(str(config.get("model_type")))  # unsupported families fail before loading weights
+    adapter = adapter_for(str(config.get("model_type")))  # unsupported families fail before loading weights
+    if export_format == "nemotron-nas":  # the family and its attention; widths are known after scoring
+        from hubprune.export_compact import check_compact_supported
+
+        check_compact_supported(config, adapter, check_width=False)
     params = spec.make_params(method_params)
     if hasattr(params, "check"):  # width options against the model's widths (e.g. multiple_of)
         params.check(Dims.from_config(config))

@@ -150,7 +150,8 @@ def test_ffn_mult_round_trip():
 
 
 def test_unsupported_family_refused(tmp_path, capsys):
-    """Would catch a compact export written wrong for a family the schema cannot express."""
+    """Would catch a nemotron-nas export written wrong for a family the schema cannot express
+    (`--format compact` writes those in the heterogeneous format instead)."""
     from tests.tiny import tiny_model
 
     model = tiny_model("qwen3")
@@ -172,7 +173,7 @@ def test_unsupported_family_refused(tmp_path, capsys):
             "--amount",
             "2",
             "--format",
-            "compact",
+            "nemotron-nas",
             "--calibration",
             str(tmp_path / "missing.txt"),
             "--out",

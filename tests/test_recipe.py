@@ -77,7 +77,7 @@ publish:
         ("prune: {method: reverse-ordr, amount: 2}", r"prune.method: unknown method 'reverse-ordr' \(did you mean 'reverse-order'\?\)"),
         ("prune: {method: reverse-order, amount: 0}", r"prune.amount: amount must be positive"),
         ("prune: {method: reverse-order, amount: 2, params: {depth: 3}}", r"method 'reverse-order' has no parameter 'depth'"),
-        ("prune: {method: reverse-order, amount: 2, budget_by: params}", r"prune: a parameter budget is a fraction below 1"),
+        ("prune: {method: reverse-order, amount: 2, budget_by: params}", r"prune: a budget by params is a fraction below 1"),
         ("evaluate: {tasks: [piqa], options: {perplexity_seqlen: 64}}", r"evaluate.options: unknown option 'perplexity_seqlen' \(did you mean 'perplexity_seq_len'\?\); expected some of: dtype, device,"),
         ("evaluate: {tasks: [piqa], options: {limit: 3}}", r"evaluate.options: unknown option 'limit'"),
         ("recover: {mode: lora, data: x.txt, epochs: 1, max_steps: 5}", r"recover: give epochs or max_steps, not both"),

@@ -1,0 +1,105 @@
+"""Does a width-pruned compact export run faster in proportion to the FLOPs it saves?
+
+Prunes SmolLM2-135M-Instruct (the offline default) with ``wanda-sp`` to about 25% fewer FLOPs
+per token (``--budget-by flops``), writes the compact export, then measures prefill and decode
+tokens/s of the dense model and the compact export, alternating them round by round in the
+same process so both see the same machine load, and reports the medians. FLOPs per token come
+from ``hubprune.cost.model_cost`` on the two loaded models (at the prompt length used).
+
+Target (issue: width pruning): measured speedup >= 0.8 x the FLOPs ratio, for prefill and decode.
+SliceGPT's sliced models run slower than dense in practice (its issue #115); ours must not.
+
+    python bench/width_speed.py                       # defaults: 256-token prompt, 32 new tokens
+    python bench/width_speed.py --amount 0.25 --rounds 7 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from hubprune.arch import adapter_for  # noqa: E402
+from hubprune.cost import model_cost  # noqa: E402
+from hubprune.methods import Budget  # noqa: E402
+from hubprune.pipeline import CalibrationOptions, SourceOptions, prune  # noqa: E402
+from hubprune.source import load_model, resolve_source  # noqa: E402
+from hubprune.speed import device_name, measure_speed  # noqa: E402
+
+SOURCE = "offline:smollm2-135m-instruct"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--amount", type=float, default=0.25, help="share of FLOPs per token to remove")
+    parser.add_argument("--scope", default="global", choices=["global", "uniform"])
+    parser.add_argument("--multiple-of", type=int, default=64, help="MLP widths rounded to this multiple")
+    parser.add_argument("--prompt-tokens", type=int, default=256)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating dense/compact rounds")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "wanda-sp-compact"
+        manifest = prune(
+            SourceOptions(SOURCE, dtype="float32"),
+            "wanda-sp",
+            Budget(args.amount, "flops"),
+            out,
+            calibration=CalibrationOptions(dataset="offline:lee-background", samples=8, seq_len=128),
+            method_params={"scope": args.scope, "multiple_of": args.multiple_of},
+            export_format="compact",
+        )
+        print(f"export: {manifest.export['schema']}")
+        models = {}
+        for label, spec in (("dense", SOURCE), ("compact", str(out))):
+            model, _ = load_model(resolve_source(spec), dtype="float32", device="cpu")
+            models[label] = model.eval()
+        flops = {
+            label: model_cost(m, adapter=adapter_for(m), context=args.prompt_tokens)["flops_per_token"]
+            for label, m in models.items()
+        }
+        samples: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in models}
+        for _ in range(args.rounds):
+            for label, model in models.items():
+                result = measure_speed(
+                    model, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, warmup=1, repeats=1
+                )
+                samples[label]["prefill"].append(result["prefill_tokens_per_s"])
+                samples[label]["decode"].append(result["decode_tokens_per_s"])
+        del models
+        gc.collect()
+
+    flops_ratio = flops["dense"] / flops["compact"]
+    print(f"device: {device_name('cpu')}")
+    print(f"FLOPs per token at {args.prompt_tokens} tokens: dense {flops['dense']:.4g}, compact "
+          f"{flops['compact']:.4g} (ratio {flops_ratio:.3f}, {1 - 1 / flops_ratio:.1%} fewer)")  # fmt: skip
+    ok = True
+    for phase in ("prefill", "decode"):
+        dense = statistics.median(samples["dense"][phase])
+        compact = statistics.median(samples["compact"][phase])
+        speedup = compact / dense
+        share = speedup / flops_ratio
+        ok &= share >= 0.8
+        print(
+            f"{phase}: dense {dense:.1f} tok/s, compact {compact:.1f} tok/s, speedup {speedup:.3f} "
+            f"= {share:.2f} x the FLOPs ratio (target >= 0.8) "
+            f"[samples dense {[round(x, 1) for x in samples['dense'][phase]]}, "
+            f"compact {[round(x, 1) for x in samples['compact'][phase]]}]"
+        )
+    print("target met" if ok else "target NOT met")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
