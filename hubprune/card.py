@@ -684,6 +684,7 @@ def build_context(
         "export_format": export_format,
         "zero_filled": zero_filled,
         "trust_remote_code": export_format == "compact",
+        "remote_code": _remote_code(folder, export),
         "chat_template": _has_chat_template(folder),
         "size_rows": size,
         "size_has_recovered": any(r["recovered"] is not None for r in size),
@@ -724,6 +725,15 @@ def build_context(
     }
     # The card is published: a local path anywhere in the records is named `local:<name>` here.
     return public_record(context)
+
+
+def _remote_code(folder: Path, export: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The remote-code files a compact export ships and its format's line on how it loads
+    (:mod:`hubprune.formats`); None for an export without remote code."""
+    from hubprune.formats import folder_format
+
+    files = [str(name) for name in export.get("remote_code") or []]
+    return {"files": files, "how_to_load": folder_format(folder).how_to_load} if files else None
 
 
 def _trace_value_name(plan: Plan) -> str:

@@ -1,4 +1,5 @@
-"""Recovery fine-tuning: heal a pruned model with LoRA or partial fine-tuning, then export it plain.
+"""Recovery fine-tuning: heal a pruned model with LoRA or partial fine-tuning, then export it in
+the input's format (plain, or compact: see :mod:`hubprune.formats`).
 
 Two modes, both trained with transformers' `Trainer` (so `accelerate launch` with a DDP, FSDP or
 DeepSpeed config runs this same code on many GPUs or machines):
@@ -8,7 +9,11 @@ DeepSpeed config runs this same code on many GPUs or machines):
   last blocks: Alpaca-cleaned, 2 epochs, lr 1e-5, batch 64, cutoff 256, k = 3.
 * ``lora``: a peft `LoraConfig` on the family's attention and MLP projections (r 8, alpha 16,
   dropout 0.05 by default), merged into the weights afterwards so the published model is a
-  plain checkpoint; the adapter can also be kept.
+  checkpoint of the same format as the input; the adapter can also be kept.
+
+A compact input (its blocks may lack attention or MLP) is loaded with hubprune's own copy of its
+remote code and written back in the same compact format, remote-code files and `auto_map`
+included.
 
 Tied embeddings are never changed silently: when `lm_head` shares its matrix with the input
 embeddings, `tied_embeddings` says whether to leave it frozen (default), untie it (lm_head gets
@@ -312,15 +317,19 @@ def tied_embeddings_note(tied: bool, choice: str, trains_head: bool, vocab_x_hid
 def _set_trainable_partial(
     model: nn.Module, adapter: ArchAdapter, settings: RecoverySettings, tied: bool
 ) -> list[str]:
-    """Freeze everything, then unfreeze the last `last_k` blocks, the final norm and lm_head."""
-    blocks = adapter.blocks(model)
+    """Freeze everything, then unfreeze the last `last_k` blocks, the final norm and lm_head.
+
+    A compact model's block may have neither attention nor MLP left: an identity with nothing to
+    train, so the last `last_k` blocks are counted among those that still hold weights.
+    """
+    blocks = [i for i, block in enumerate(adapter.blocks(model)) if any(True for _ in block.parameters())]
     if settings.last_k > len(blocks):
         raise RecipeError(
             f"recover.last_k is {settings.last_k} but the model has only {len(blocks)} blocks left after pruning"
         )
     for p in model.parameters():
         p.requires_grad_(False)
-    names = [f"{adapter.layers}.{i}" for i in range(len(blocks) - settings.last_k, len(blocks))]
+    names = [f"{adapter.layers}.{i}" for i in blocks[len(blocks) - settings.last_k :]]
     names.append(adapter.final_norm)
     if not tied or settings.tied_embeddings != "freeze":
         names.append(adapter.lm_head)
@@ -330,11 +339,19 @@ def _set_trainable_partial(
     return names
 
 
+def _matches_linear(model: nn.Module, target: str) -> bool:
+    """Whether the LoRA target name `target` names some linear module of `model` (as peft matches it)."""
+    return any(
+        isinstance(m, nn.Linear) and (n == target or n.endswith("." + target))
+        for n, m in model.named_modules()
+    )
+
+
 def _check_targets(model: nn.Module, targets: list[str]) -> None:
     """Refuse LoRA target names that match no linear module (peft's own message comes too late)."""
     linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     short = sorted({name.rsplit(".", 1)[-1] for name in linear})
-    unknown = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linear)]
+    unknown = [t for t in targets if not _matches_linear(model, t)]
     if unknown:
         raise RecipeError(
             f"recover.lora.target_modules: {', '.join(repr(u) for u in unknown)} match no linear module "
@@ -342,11 +359,18 @@ def _check_targets(model: nn.Module, targets: list[str]) -> None:
         )
 
 
-def _apply_lora(model: nn.Module, adapter: ArchAdapter, settings: RecoverySettings, tied: bool) -> nn.Module:
+def default_lora_targets(model: nn.Module, adapter: ArchAdapter) -> list[str]:
+    """The family's LoRA targets that `model` has: a compact model whose blocks all lost their
+    attention has no `q_proj` left to adapt."""
+    return [t for t in adapter.lora_targets if _matches_linear(model, t)]
+
+
+def _apply_lora(
+    model: nn.Module, adapter: ArchAdapter, settings: RecoverySettings, tied: bool, targets: list[str]
+) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     lora = settings.lora_settings
-    targets = list(lora.target_modules or adapter.lora_targets)
     _check_targets(model, targets)
     if tied and adapter.lm_head in targets:
         if settings.tied_embeddings == "freeze":
@@ -623,7 +647,9 @@ def recover(
         resumed_from=Path(resume_from).name if resume_from else None,
     )
     with staged_folder(out_dir, overwrite, source=run_dir) as folder:
-        model, export = _export(trained_model, tokenizer, folder, run_dir, settings, setup["export_dtype"])
+        model, export = _export(
+            trained_model, adapter, tokenizer, folder, run_dir, settings, setup["export_dtype"]
+        )
         record["adapter_dir"] = "adapter" if (folder / "adapter").is_dir() else None
         new = _new_manifest(manifest, model, adapter, export, record, recipe)
         new.save(folder)  # before the rename: the run folder appears with its manifest
@@ -672,8 +698,8 @@ def _setup_model(
             untie_embeddings(model, adapter)
         trained = _set_trainable_partial(model, adapter, settings, tied)
     else:
-        model = _apply_lora(model, adapter, settings, tied)
-        trained = list(settings.lora_settings.target_modules or adapter.lora_targets)
+        trained = list(settings.lora_settings.target_modules or default_lora_targets(model, adapter))
+        model = _apply_lora(model, adapter, settings, tied, trained)
     considered = adapter.lm_head in trained or settings.mode == "partial"
     note = tied_embeddings_note(tied, settings.tied_embeddings, considered, head.shape[0] * head.shape[1])
     logger.info("tied embeddings: %s", note)
@@ -712,6 +738,7 @@ def _save_state(
 
 def _export(
     model: nn.Module,
+    adapter: ArchAdapter,
     tokenizer: Any,
     folder: Path,
     run_dir: Path,
@@ -719,8 +746,9 @@ def _export(
     dtype: torch.dtype,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Merge LoRA (keeping the adapter in `folder/adapter` if asked), cast back to the input's
-    dtype and write plain into the (staging) `folder`; returns the exported model and its record."""
-    from hubprune.export import write_plain
+    dtype and write it into the (staging) `folder` in the input's format (plain, or the same
+    compact format with its remote code); returns the exported model and its record."""
+    from hubprune.formats import folder_format
 
     if settings.mode == "lora":
         if settings.lora_settings.save_adapter:
@@ -728,7 +756,7 @@ def _export(
         model = model.merge_and_unload()
     model = model.to(dtype).eval()
     model.config.use_cache = True
-    return model, write_plain(model, tokenizer, folder, source_dir=run_dir)
+    return model, folder_format(run_dir).write(model, adapter, tokenizer, folder, source_dir=run_dir)
 
 
 def _record(
@@ -820,11 +848,11 @@ def _final_model(trainer: Any, settings: RecoverySettings, run_dir: Path, ckpt_d
     trainer.save_model(str(gathered))
     if not trainer.is_world_process_zero():
         return None
-    from transformers import AutoModelForCausalLM
+    from hubprune.formats import load_folder
 
     if settings.mode == "lora":
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
+        base = load_folder(run_dir, dtype=torch.float32, device="cpu")
         return PeftModel.from_pretrained(base, gathered)
-    return AutoModelForCausalLM.from_pretrained(gathered, dtype=torch.float32)
+    return load_folder(gathered, dtype=torch.float32, device="cpu")

@@ -139,29 +139,32 @@ def load_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ) -> tuple[Any, Any]:
-    """Load (model, tokenizer) in eval mode. Architecture support is checked from the config first,
-    so an unsupported family fails before any weights are read; pickled weights load only with
-    `allow_pickle` (unpickling can run arbitrary code)."""
+    """Load (model, tokenizer) in eval mode, in any registered export format (a compact folder
+    is built by hubprune's own copy of its remote code, :mod:`hubprune.formats`). Architecture
+    support is checked from the config first, so an unsupported family fails before any weights
+    are read; pickled weights load only with `allow_pickle` (unpickling can run arbitrary code)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from hubprune.arch import adapter_for
+    from hubprune.formats import format_of
 
     device = device or default_device()
     try:
         torch.device(device)
     except RuntimeError as err:
         raise RecipeError(f"'{device}' is not a device torch knows (cpu, cuda, cuda:1, mps, ...)") from err
-    model_type = read_model_config(source.local_dir, source.spec).get("model_type")
-    adapter_for(str(model_type))
+    config = read_model_config(source.local_dir, source.spec)
+    adapter_for(config)
     if not allow_pickle and not any(source.local_dir.glob("*.safetensors")):
         raise SourceError(
             f"{source.spec} has no safetensors weights (pickled .bin weights load only with --allow-pickle)"
         )
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = format_of(config).load(
             source.local_dir,
             dtype=resolve_dtype(dtype, device),
+            device=device,
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
         )
@@ -172,6 +175,9 @@ def load_model(
             f"the weights of {source.spec} cannot be read (a truncated or corrupt .safetensors file); "
             "download or export the model again"
         ) from err
-    model.to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(source.local_dir, trust_remote_code=trust_remote_code)
+    # The model's config: read again, a compact folder's config.json (with its `auto_map`) would
+    # make transformers ask whether to run the folder's code.
+    tokenizer = AutoTokenizer.from_pretrained(
+        source.local_dir, config=model.config, trust_remote_code=trust_remote_code
+    )
     return model, tokenizer

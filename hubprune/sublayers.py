@@ -118,9 +118,11 @@ def _parts(adapter: ArchAdapter, kind: str) -> tuple[str, tuple[str, ...]]:
 
 
 def is_removed(block: nn.Module, adapter: ArchAdapter, kind: str) -> bool:
-    """Whether the `kind` sublayer of `block` has been replaced by its stand-in."""
-    name, _ = _parts(adapter, kind)
-    return isinstance(get_submodule(block, name), (SkippedAttention, SkippedMLP))
+    """Whether the `kind` sublayer of `block` is gone: replaced by its stand-in, or absent (a
+    block of a loaded compact model)."""
+    _parts(adapter, kind)  # an unknown kind is refused
+    module = adapter.attention_of(block) if kind == "attn" else adapter.mlp_of(block)
+    return module is None or isinstance(module, (SkippedAttention, SkippedMLP))
 
 
 def removed_sublayers(model: nn.Module, adapter: ArchAdapter) -> list[Unit]:

@@ -48,6 +48,15 @@ def get_submodule(root: nn.Module, dotted: str) -> nn.Module:
     return root.get_submodule(dotted)
 
 
+def _optional_submodule(root: nn.Module, dotted: str) -> nn.Module | None:
+    """`root.get_submodule(dotted)`, or None where a compact model's block has no such module
+    (a DeciLM block without attention has no `self_attn` at all)."""
+    try:
+        return root.get_submodule(dotted)
+    except AttributeError:
+        return None
+
+
 @dataclass(frozen=True)
 class ArchAdapter:
     """Where the parts of a model family live, by attribute name.
@@ -125,18 +134,23 @@ class ArchAdapter:
         """The backbone without `lm_head`: running it yields hidden states without logits."""
         return get_submodule(model, self.decoder)
 
-    def attention_of(self, block: nn.Module) -> nn.Module:
-        return get_submodule(block, self.attention)
+    def attention_of(self, block: nn.Module) -> nn.Module | None:
+        """The block's attention module; None in a compact model's block that has none."""
+        return _optional_submodule(block, self.attention)
 
-    def mlp_of(self, block: nn.Module) -> nn.Module:
-        return get_submodule(block, self.mlp)
+    def mlp_of(self, block: nn.Module) -> nn.Module | None:
+        """The block's MLP module; None in a compact model's block that has none."""
+        return _optional_submodule(block, self.mlp)
 
     def sublayer_params(self, block: nn.Module) -> dict[str, int]:
-        """Parameters of the attention and MLP sublayers of one block, each with its own norms."""
+        """Parameters of the attention and MLP sublayers of one block, each with its own norms
+        (0 for a sublayer a compact model's block does not have)."""
 
-        def count(modules: Sequence[nn.Module]) -> int:
-            return sum(p.numel() for m in modules for p in m.parameters())
+        def count(names: Sequence[str]) -> int:
+            modules = [_optional_submodule(block, n) for n in names]
+            return sum(p.numel() for m in modules if m is not None for p in m.parameters())
 
-        attn = [self.attention_of(block)] + [get_submodule(block, n) for n in self.attention_norms]
-        mlp = [self.mlp_of(block)] + [get_submodule(block, n) for n in self.mlp_norms]
-        return {"attn": count(attn), "mlp": count(mlp)}
+        return {
+            "attn": count((self.attention, *self.attention_norms)),
+            "mlp": count((self.mlp, *self.mlp_norms)),
+        }
