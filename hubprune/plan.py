@@ -118,7 +118,9 @@ class Plan:
         from hubprune.shape import Dims, Shape
 
         if self.dims is None:
-            raise RecipeError("this plan does not record the model's widths (it was written by an older hubprune); re-run prune")
+            raise RecipeError(
+                "this plan does not record the model's widths (it was written by an older hubprune); re-run prune"
+            )
         return Shape.from_units(self.removed, Dims(**self.dims))
 
     def to_dict(self) -> dict[str, Any]:
