@@ -4,9 +4,10 @@ Both are small hand-written SVG files (no plotting library, so the output is byt
 deterministic and a card snapshot test can compare it). They are written into the run folder,
 which is the future Hub repo, and the card links them by relative path so the Hub renders them.
 
-* :func:`layer_map_svg` draws one column per decoder block. A plan that removes whole blocks
-  gets one row ("block"); a plan with attention / MLP sublayer units gets two rows ("attention"
-  and "MLP") so a reader sees which half of each block went. Removed units are red and crossed.
+* :func:`layer_map_svg` draws one column per decoder block from the plan's shape. A plan that
+  removes only whole blocks gets one row ("block"); any other gets two rows ("attention" and
+  "MLP"). Removed blocks and sublayers are red and crossed; a narrowed sublayer (heads, channels)
+  is an orange bar as tall as the share it keeps, labelled "kept/base" (e.g. 6/9, 1152/1536).
 * :func:`trace_svg` plots the search objective (e.g. FinerCut's divergence) against the number
   of units removed so far, for plans that carry a trace.
 """

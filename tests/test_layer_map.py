@@ -101,6 +101,10 @@ def test_layer_map_of_whole_blocks_is_one_row():
             + [Unit("channels", b, indices=tuple(range(24))) for b in range(4)],
             "pruned 50% of heads and 25% of MLP channels across 4 blocks (heads 2, MLP widths 72)",
         ),
+        (  # a removed attention is a sublayer, not 4 pruned heads in the share
+            [Unit("attn", 0), Unit("heads", 1, indices=(0,))],
+            "removed 1 attention sublayer; pruned 16.7% of heads across 1 block (heads 2-4)",
+        ),
         (
             [Unit("channels", 0, indices=tuple(range(48))), Unit("heads", 1, indices=(0,))],
             "pruned 12.5% of heads and channels across 2 blocks (heads 2-4, MLP widths 48-96)",
