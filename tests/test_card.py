@@ -657,7 +657,10 @@ def test_card_of_a_width_plan(tmp_path):
         assert row in text
     assert "| 3 | removed | removed | removed |" in text
     assert "| unit | score |" not in text  # the width table replaces the per-unit list
-    assert "Budget asked: **20% of the units**. Reached, counted on the pruned shape" in text
+    assert (
+        "Budget asked: **20% of the units**. Reached, counted on the pruned shape with the removed weights really gone"
+        in text
+    )
     for key, label, fmt in (
         ("params_total", "parameters", card.fmt_params),
         ("flops_per_token", "FLOPs per token", card.fmt_flops),
