@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hubprune import __version__
+from hubprune.describe import block_widths, params_change, plan_shape, removal, summary, zero_filled
 from hubprune.hub import validate_repo_id
 from hubprune.layer_map import LAYER_MAP_NAME, TRACE_PLOT_NAME, pictures, write_pictures
 from hubprune.plan import MANIFEST_NAME, Manifest, Plan, Unit
@@ -222,6 +223,12 @@ EVAL_SETTING_KEYS = (
 )
 # Recovery record fields not shown in the card: local paths and nested records (in hubprune.json).
 RECOVERY_SKIP = ("from_run", "curve", "log_history", "settings", "data_info")
+# Costs the plan's `budget.reached` records (before / after / removed_fraction), in table order.
+REACHED_FIELDS = (
+    ("params_total", "parameters", "params"),
+    ("flops_per_token", "FLOPs per token", "flops"),
+    ("kv_cache_bytes_per_token", "KV cache per token", "bytes"),
+)
 SPEED_FIELDS = (("prefill_tokens_per_s", "prefill tokens/s"), ("decode_tokens_per_s", "decode tokens/s"))
 
 
@@ -420,23 +427,68 @@ def _all_scores(plan: Plan) -> list[dict[str, Any]]:
     return rows
 
 
-def _summary_counts(plan: Plan, before: dict[str, Any]) -> dict[str, Any]:
-    blocks = int(before["num_blocks"])
-    kinds = [u.kind for u in plan.removed]
-    if any(k in ("attn", "mlp") for k in kinds):
-        return {
-            "what": "sublayers",
-            "removed": len(kinds),
-            "total": 2 * blocks,
-            "detail": ", ".join(
-                f"{kinds.count(kind)} {label}"
-                for kind, label in (("attn", "attention"), ("mlp", "MLP"))
-                if kind in kinds
-            ),
-        }
-    if all(k == "block" for k in kinds):
-        return {"what": "blocks", "removed": len(kinds), "total": blocks, "detail": ""}
-    return {"what": "units", "removed": len(kinds), "total": None, "detail": ", ".join(sorted(set(kinds)))}
+def budget_record(plan: Plan) -> dict[str, Any] | None:
+    """The budget asked (one phrase) and reached (units, parameters, FLOPs and KV cache per token
+    before -> after, from ``plan.budget["reached"]``); None when the plan records neither."""
+    budget = plan.budget or {}
+    requested, reached = budget.get("requested"), budget.get("reached") or {}
+    asked = None
+    if isinstance(requested, dict) and requested.get("amount") is not None:
+        amount, by = requested["amount"], requested.get("by", "units")
+        what = {"units": "units", "params": "parameters"}.get(str(by))
+        if what is None or not _is_num(amount):
+            asked = f"{amount} ({by})"
+        elif isinstance(amount, float) and amount < 1:
+            asked = f"{100 * amount:g}% of the {what}"
+        else:
+            asked = f"{amount} {what}"
+    rows = []
+    if _is_num(reached.get("units_removed")) and _is_num(reached.get("units_total")):
+        total = reached["units_total"]
+        rows.append(
+            {
+                "what": "units",
+                "kind": "num",
+                "before": total,
+                "after": total - reached["units_removed"],
+                "fraction": reached["units_removed"] / total if total else None,
+            }
+        )
+    for key, label, kind in REACHED_FIELDS:
+        value = reached.get(key)
+        if isinstance(value, dict) and _is_num(value.get("before")) and _is_num(value.get("after")):
+            rows.append(
+                {
+                    "what": label,
+                    "kind": kind,
+                    "before": value["before"],
+                    "after": value["after"],
+                    "fraction": value.get("removed_fraction"),
+                }
+            )
+    if asked is None and not rows:
+        return None
+    context = reached.get("context")
+    return {"asked": asked, "rows": rows, "context": context if _is_num(context) else None}
+
+
+def export_record(manifest: Manifest, zeroed: bool) -> dict[str, Any]:
+    """What the card says about the export: format, schema, whether vLLM serves it, whether loading
+    needs ``trust_remote_code``, how to load it and whether removed weights are zero-filled. Read
+    from the manifest's export record; a record from an older hubprune lacks the newer fields and
+    gets what its format implied (the compact export then meant remote code; vLLM served both)."""
+    export = manifest.export or {}
+    export_format = str(export.get("format", "plain"))
+    vllm = export.get("vllm_servable")
+    return {
+        "format": export_format,
+        "schema": export.get("schema")
+        or ("the base model's own architecture" if export_format == "plain" else None),
+        "trust_remote_code": bool(export.get("trust_remote_code", export_format == "compact")),
+        "vllm_servable": True if vllm is None else bool(vllm),
+        "how_to_load": export.get("how_to_load") if isinstance(export.get("how_to_load"), str) else None,
+        "zero_filled": zeroed,
+    }
 
 
 def _scalars(record: Any, skip: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
@@ -621,19 +673,9 @@ def build_context(
     )
     report = load_evaluation(folder, manifest)
     rows = eval_rows(report)
-    export = manifest.export or {}
-    export_format = str(export.get("format", "plain"))
-    sublayers = any(u.kind in ("attn", "mlp") for u in plan.removed)
-    zero_filled = export_format == "plain" and any(u.kind != "block" for u in plan.removed)
-    # The plan's own count is the nominal removal; a zero-filled export stores the removed
-    # weights, so before/after statistics of the exported model would say 0 %.
-    reached = (plan.budget or {}).get("reached") or {}
-    if _is_num(reached.get("params_fraction")):
-        params_fraction: float | None = float(reached["params_fraction"])
-    elif before.get("params_total"):
-        params_fraction = 1 - after["params_total"] / before["params_total"]
-    else:
-        params_fraction = None
+    shape = plan_shape(plan, blocks)
+    export = export_record(manifest, zero_filled(manifest, shape))
+    change = params_change(manifest)
     publish = manifest.stages.get("publish") if isinstance(manifest.stages.get("publish"), dict) else {}
     load_id = repo_id or publish.get("repo_id")
     if load_id is not None:
@@ -668,23 +710,21 @@ def build_context(
         "source_kind": source.get("kind"),
         "family": manifest.family,
         "method": method,
-        "counts": _summary_counts(plan, before),
-        "params_before": before.get("params_total"),
-        "params_after": after.get("params_total"),
-        "params_fraction_pct": None if params_fraction is None else 100 * params_fraction,
+        "removal": removal(shape),
+        "summary": summary(manifest),
+        "params_fraction_pct": None if change is None else 100 * change.fraction,
+        "widths": block_widths(shape) if shape.has_widths() else [],
+        "budget": budget_record(plan),
         "removed_rows": removed_rows,
         "has_objective": any(r["objective"] is not None for r in removed_rows),
         "score_meaning": plan.score_meaning,
         "all_scores": _all_scores(plan),
-        "sublayers": sublayers,
         "layer_map": LAYER_MAP_NAME,
         "trace_plot": TRACE_PLOT_NAME if drawn[TRACE_PLOT_NAME] is not None else None,
         "trace_value_name": _trace_value_name(plan),
         "search_cost": search_cost_summary(plan, search_cost_record(folder, manifest)),
-        "export_format": export_format,
-        "zero_filled": zero_filled,
-        "trust_remote_code": export_format == "compact",
-        "remote_code": _remote_code(folder, export),
+        "export": export,
+        "remote_code": _remote_code(folder, manifest.export),
         "chat_template": _has_chat_template(folder),
         "size_rows": size,
         "size_has_recovered": any(r["recovered"] is not None for r in size),
@@ -767,7 +807,7 @@ def card_data(context: Mapping[str, Any], manifest: Manifest) -> Any:
             )
         )
     tags = ["hubprune", "pruned", manifest.plan.method]
-    if context["trust_remote_code"]:
+    if context["export"]["trust_remote_code"]:
         tags.append("custom_code")
     kwargs: dict[str, Any] = {
         "library_name": "transformers",

@@ -4,9 +4,10 @@ Both are small hand-written SVG files (no plotting library, so the output is byt
 deterministic and a card snapshot test can compare it). They are written into the run folder,
 which is the future Hub repo, and the card links them by relative path so the Hub renders them.
 
-* :func:`layer_map_svg` draws one column per decoder block. A plan that removes whole blocks
-  gets one row ("block"); a plan with attention / MLP sublayer units gets two rows ("attention"
-  and "MLP") so a reader sees which half of each block went. Removed units are red and crossed.
+* :func:`layer_map_svg` draws one column per decoder block from the plan's shape. A plan that
+  removes only whole blocks gets one row ("block"); any other gets two rows ("attention" and
+  "MLP"). Removed blocks and sublayers are red and crossed; a narrowed sublayer (heads, channels)
+  is an orange bar as tall as the share it keeps, labelled "kept/base" (e.g. 6/9, 1152/1536).
 * :func:`trace_svg` plots the search objective (e.g. FinerCut's divergence) against the number
   of units removed so far, for plans that carry a trace.
 """
@@ -14,13 +15,15 @@ which is the future Hub repo, and the card links them by relative path so the Hu
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from hubprune.plan import Plan, Unit
 from hubprune.rundir import atomic_write_text
+from hubprune.shape import BlockShape, Shape
 
 LAYER_MAP_NAME = "layer_map.svg"
 TRACE_PLOT_NAME = "search_trace.svg"
@@ -28,6 +31,7 @@ TRACE_PLOT_NAME = "search_trace.svg"
 _KEPT = "#9ecae1"
 _REMOVED = "#e34a33"
 _PARTIAL = "#fdbb84"
+_EMPTY = "#f2f2f2"
 _TEXT = "#222222"
 _FONT = 'font-family="Helvetica, Arial, sans-serif"'
 
@@ -35,12 +39,25 @@ _FONT = 'font-family="Helvetica, Arial, sans-serif"'
 TRACE_VALUE_KEYS = ("objective", "divergence", "value", "score", "loss")
 
 
-def _rows_for(plan: Plan) -> list[tuple[str, str]]:
-    """(row label, unit kind) for each row of the picture."""
-    kinds = {u.kind for u in plan.removed} | {plan.unit_kind}
-    if kinds & {"attn", "mlp"}:
-        return [("attention", "attn"), ("MLP", "mlp")]
-    return [("block", "block")]
+@dataclass(frozen=True)
+class _Row:
+    """One row of the layer map: what it draws of each block and out of how much."""
+
+    label: str
+    noun: str  # what the numbers count
+    total: int
+    kept: Callable[[BlockShape], int]
+
+
+def _rows(shape: Shape) -> list[_Row]:
+    """One "block" row when only whole blocks went; else attention and MLP rows (their widths)."""
+    d = shape.dims
+    if not (shape.has_widths() or shape.has_sublayer_removals()):
+        return [_Row("block", "blocks", 1, lambda b: 1)]
+    return [
+        _Row("attention", "query heads", d.num_attention_heads, lambda b: b.num_attention_heads),
+        _Row("MLP", "channels", d.intermediate_size, lambda b: b.intermediate_size),
+    ]
 
 
 def _fmt(value: float) -> str:
@@ -52,78 +69,118 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _cell_state(row: _Row, block: BlockShape | None) -> tuple[int, str]:
+    """(kept count, "kept" / "narrowed" / "removed") of one cell."""
+    kept = row.kept(block) if block is not None else 0
+    return kept, ("removed" if kept == 0 else "kept" if kept == row.total else "narrowed")
+
+
+def _cell_title(row: _Row, index: int, block: BlockShape | None, kept: int, state: str) -> str:
+    name = f"{row.label} {index}"
+    if block is None and row.label != "block":
+        return f"{name}: removed (with its whole block)"
+    if state != "narrowed":
+        return f"{name}: {state}"
+    text = f"{name}: {kept} of {row.total} {row.noun} kept"
+    if row.label == "attention":
+        text += f" ({block.num_key_value_heads} KV heads)"
+    return text
+
+
+def _legend(shape: Shape) -> list[tuple[str, str, int]]:
+    """(colour, text, horizontal advance) of each legend entry."""
+    if not shape.has_widths():
+        return [(_KEPT, "kept", 80), (_REMOVED, "removed", 80)]
+    d = shape.dims
+    entries = [
+        (_KEPT, f"full width ({d.num_attention_heads} query heads, {d.intermediate_size} channels)"),
+        (_PARTIAL, "narrowed: bar height and label = kept/base"),
+        (_REMOVED, "removed"),
+    ]
+    return [(colour, text, 30 + 6 * len(text)) for colour, text in entries]
+
+
 def layer_map_svg(plan: Plan, num_blocks: int) -> str:
-    """An SVG of the `num_blocks` blocks of the base model with the plan's removed units marked.
+    """An SVG of the `num_blocks` blocks of the base model and what the plan leaves of each.
 
-    Units with partial removals (heads, channels, width) are drawn orange: the block stays but
-    is narrower.
+    Removed blocks and sublayers are red and crossed. When the plan narrows some blocks (heads,
+    channels), each cell is a bar whose height is the share kept, orange and labelled
+    "kept/total" where it is narrower than the base model.
     """
-    rows = _rows_for(plan)
-    removed_blocks = {u.block for u in plan.removed if u.kind == "block"}
-    removed_sub = {(u.kind, u.block) for u in plan.removed if u.kind in ("attn", "mlp")}
-    partial = {u.block for u in plan.removed if u.kind in ("heads", "channels", "width")}
+    from hubprune.describe import plan_shape, removal
 
-    cell, gap, left, top = 22, 2, 84, 34
-    what = "sublayers" if len(rows) == 2 else ("blocks" if not partial else "units")
-    title = (
-        f"{plan.method}: {len(plan.removed)} of {_unit_total(plan, num_blocks, rows)} {what} removed "
-        "(input at the left)"
+    shape = plan_shape(plan, num_blocks)
+    rows = _rows(shape)
+    widths = shape.has_widths()
+    cell_w, cell_h, gap, left, top = (24, 64, 2, 84, 34) if widths else (22, 22, 2, 84, 34)
+    title = f"{plan.method}: {removal(shape, detail=False)} (input at the left)"
+    legend = _legend(shape)
+    # ~7 px per character at 13 px: wide enough for the title and the legend even with few blocks.
+    width = max(
+        left + num_blocks * (cell_w + gap) + 16, 16 + 7 * len(title), left + sum(a for *_, a in legend) + 8
     )
-    # ~7 px per character at 13 px: wide enough for the title even with few blocks.
-    width = max(left + num_blocks * (cell + gap) + 16, 16 + 7 * len(title))
-    height = top + len(rows) * (cell + gap) + 58
+    height = top + len(rows) * (cell_h + gap) + 58
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img">',
-        f"<title>Layer map: {len(plan.removed)} unit(s) removed by {escape(plan.method)}</title>",
+        f"<title>Layer map: {escape(removal(shape))} by {escape(plan.method)}</title>",
         f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
         f'<text x="8" y="18" font-size="13" {_FONT} fill="{_TEXT}">{escape(title)}</text>',
     ]
-    for r, (label, kind) in enumerate(rows):
-        y = top + r * (cell + gap)
+    for r, row in enumerate(rows):
+        y = top + r * (cell_h + gap)
         out.append(
-            f'<text x="{left - 6}" y="{y + cell * 0.7:.1f}" font-size="12" text-anchor="end" '
-            f'{_FONT} fill="{_TEXT}">{label}</text>'
+            f'<text x="{left - 6}" y="{y + cell_h / 2 + 4:.1f}" font-size="12" text-anchor="end" '
+            f'{_FONT} fill="{_TEXT}">{row.label}</text>'
         )
-        for b in range(num_blocks):
-            x = left + b * (cell + gap)
-            gone = b in removed_blocks or (kind, b) in removed_sub
-            fill = _REMOVED if gone else (_PARTIAL if b in partial else _KEPT)
-            name = f"{'block' if kind == 'block' else label} {b}"
-            state = "removed" if gone else ("narrowed" if b in partial else "kept")
-            out.append(
-                f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{fill}" stroke="#555555">'
-                f"<title>{name}: {state}</title></rect>"
-            )
-            if gone:
+        for b, block in enumerate(shape.blocks):
+            x = left + b * (cell_w + gap)
+            kept, state = _cell_state(row, block)
+            tip = f"<title>{_cell_title(row, b, block, kept, state)}</title>"
+            if state != "narrowed":
+                fill = _REMOVED if state == "removed" else _KEPT
                 out.append(
-                    f'<path d="M{x + 4} {y + 4}L{x + cell - 4} {y + cell - 4}M{x + cell - 4} {y + 4}'
-                    f'L{x + 4} {y + cell - 4}" stroke="#ffffff" stroke-width="2"/>'
+                    f'<rect x="{x}" y="{y}" width="{cell_w}" height="{cell_h}" fill="{fill}" '
+                    f'stroke="#555555">{tip}</rect>'
                 )
-    axis_y = top + len(rows) * (cell + gap) + 12
+            else:  # the base width as an outline, the kept share as a bar from the bottom
+                bar = max(1, round(cell_h * kept / row.total))
+                out.append(
+                    f'<rect x="{x}" y="{y}" width="{cell_w}" height="{cell_h}" fill="{_EMPTY}" '
+                    f'stroke="#555555">{tip}</rect>'
+                )
+                out.append(
+                    f'<rect x="{x}" y="{y + cell_h - bar}" width="{cell_w}" height="{bar}" fill="{_PARTIAL}" '
+                    f'stroke="#555555"/>'
+                )
+                cx, cy = x + cell_w / 2 + 3.5, y + cell_h / 2
+                out.append(
+                    f'<text x="{cx:.1f}" y="{cy:.1f}" font-size="9" text-anchor="middle" {_FONT} '
+                    f'fill="{_TEXT}" transform="rotate(-90 {cx:.1f} {cy:.1f})">{kept}/{row.total}</text>'
+                )
+            if state == "removed":
+                out.append(
+                    f'<path d="M{x + 4} {y + 4}L{x + cell_w - 4} {y + cell_h - 4}M{x + cell_w - 4} {y + 4}'
+                    f'L{x + 4} {y + cell_h - 4}" stroke="#ffffff" stroke-width="2"/>'
+                )
+    axis_y = top + len(rows) * (cell_h + gap) + 12
     step = 1 if num_blocks <= 16 else 5
     for b in range(0, num_blocks, step):
-        x = left + b * (cell + gap) + cell / 2
+        x = left + b * (cell_w + gap) + cell_w / 2
         out.append(
             f'<text x="{x:.1f}" y="{axis_y}" font-size="10" text-anchor="middle" {_FONT} '
             f'fill="{_TEXT}">{b}</text>'
         )
     legend_y = axis_y + 20
-    legend = [(_KEPT, "kept"), (_REMOVED, "removed")] + ([(_PARTIAL, "narrowed")] if partial else [])
     x = left
-    for colour, text in legend:
+    for colour, text, advance in legend:
         out.append(
             f'<rect x="{x}" y="{legend_y - 10}" width="12" height="12" fill="{colour}" stroke="#555555"/>'
         )
         out.append(f'<text x="{x + 16}" y="{legend_y}" font-size="11" {_FONT} fill="{_TEXT}">{text}</text>')
-        x += 80
+        x += advance
     out.append("</svg>")
     return "\n".join(out) + "\n"
-
-
-def _unit_total(plan: Plan, num_blocks: int, rows: Sequence[tuple[str, str]]) -> int:
-    """Candidates in the picture: blocks, or two sublayers per block."""
-    return num_blocks * len(rows)
 
 
 def trace_unit(step: dict[str, Any]) -> Unit | None:
@@ -151,7 +208,8 @@ def trace_points(plan: Plan) -> list[tuple[int, float, str]]:
 
 def trace_svg(plan: Plan, *, value_name: str = "objective") -> str | None:
     """A line plot of the search objective against the number of removed units, or None."""
-    x_label = f"{'sublayers' if _rows_for(plan)[0][1] == 'attn' else 'units'} removed"
+    sublayers = any(u.kind in ("attn", "mlp") for u in plan.removed)  # a trace counts units, not widths
+    x_label = f"{'sublayers' if sublayers else 'units'} removed"
     points = trace_points(plan)
     if not points:
         return None

@@ -302,21 +302,3 @@ def _apply_and_export(
             export["compact_note"] = "only whole blocks were removed, so the compact export is the plain one"
     export["_model_after"] = after
     return export
-
-
-def summary(manifest: Manifest) -> str:
-    """One line saying what was removed: for the terminal and the card."""
-    plan, before, after = manifest.plan, manifest.model_before, manifest.model_after
-    removed = ", ".join(u.name for u in plan.removed)
-    fraction = 1 - after["params_total"] / before["params_total"]
-    if plan.unit_kind == "block":
-        what = f"{len(plan.removed)} of {before['num_blocks']} blocks"
-    else:
-        what = f"{len(plan.removed)} of {plan.budget.get('reached', {}).get('units_total', '?')} {plan.unit_kind}s"
-    line = (
-        f"removed {what} ({removed}) with {plan.method}: "
-        f"{before['params_total'] / 1e6:.1f}M -> {after['params_total'] / 1e6:.1f}M parameters (-{fraction:.1%})"
-    )
-    if manifest.export.get("zero_filled"):
-        line += "; the plain export zero-fills removed sublayers, so nothing is saved (use --format compact)"
-    return line

@@ -141,18 +141,12 @@ def stale_files(remote: list[str], local: list[str]) -> list[str]:
 
 
 def default_commit_message(manifest: Manifest) -> str:
-    """`Prune <base>: remove 6 of 30 blocks with block-influence (-20.1% parameters)`."""
-    plan, before, after = manifest.plan, manifest.model_before, manifest.model_after
+    """`Prune <base>: removed 6 of 30 blocks with block-influence (-20.1% parameters)`: the short
+    :func:`hubprune.describe.summary`."""
+    from hubprune.describe import summary
+
     base = manifest.source.get("base_model") or Path(str(manifest.source.get("spec", "model"))).name
-    kinds = {u.kind for u in plan.removed}
-    if kinds <= {"attn", "mlp"} and kinds:
-        what = f"{len(plan.removed)} of {2 * before['num_blocks']} sublayers"
-    elif kinds == {"block"}:
-        what = f"{len(plan.removed)} of {before['num_blocks']} blocks"
-    else:
-        what = f"{len(plan.removed)} units"
-    fraction = 1 - after["params_total"] / before["params_total"] if before.get("params_total") else 0.0
-    return public_text(f"Prune {base}: remove {what} with {plan.method} (-{fraction:.1%} parameters)")
+    return public_text(f"Prune {base}: {summary(manifest, short=True)}")
 
 
 def actions_run_url(env: dict[str, str] | None = None) -> str | None:

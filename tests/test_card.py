@@ -620,3 +620,72 @@ def test_naive_flops_formula_matches_the_naive_engine():
     evaluations = sum(len(scores) for scores in result.step_scores)
     estimate = card.naive_search_flops(result.stats["flops_per_row"], evaluations, batch.info.samples)
     assert estimate == pytest.approx(result.stats["forward_flops"], rel=1e-9)
+
+
+# -- width plans: what each block keeps, the budget reached, the export ---------------------------------
+
+HETEROGENEOUS = {
+    "format": "compact",
+    "schema": "hubprune heterogeneous (per_layer_config)",
+    "trust_remote_code": True,
+    "vllm_servable": False,
+    "how_to_load": "AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)",
+    "zero_filled": False,
+}
+
+
+def width_manifest(export: dict[str, Any]) -> Manifest:
+    """The width plan of tests/test_layer_map.py (real dims and reached budget) in a fixed run."""
+    from tests.test_layer_map import width_plan
+
+    manifest = sublayer_manifest()
+    manifest.plan = width_plan()
+    manifest.model_before["num_blocks"] = 4
+    manifest.export = export
+    return manifest
+
+
+def test_card_of_a_width_plan(tmp_path):
+    """Catches a width plan rendered as a list of units: the card must give each block's kept heads,
+    KV heads and channels, the budget asked and reached (parameters, FLOPs, KV cache), and the
+    export: its schema, remote code in the quick start, no `vllm serve` for a model vLLM cannot serve."""
+    manifest = width_manifest(dict(HETEROGENEOUS))
+    reached = manifest.plan.budget["reached"]
+    text = card.render_card_text(write_run(tmp_path / "run", manifest), repo_id="test-org/pruned")
+    assert "| block | query heads | KV heads | MLP channels |" in text
+    for row in ("| 0 | 4/4 | 2/2 | 96/96 |", "| 1 | 2/4 | 1/2 | 72/96 |", "| 2 | 4/4 | 2/2 | 48/96 |"):
+        assert row in text
+    assert "| 3 | removed | removed | removed |" in text
+    assert "| unit | score |" not in text  # the width table replaces the per-unit list
+    assert (
+        "Budget asked: **20% of the units**. Reached, counted on the pruned shape with the removed weights really gone"
+        in text
+    )
+    for key, label, fmt in (
+        ("params_total", "parameters", card.fmt_params),
+        ("flops_per_token", "FLOPs per token", card.fmt_flops),
+        ("kv_cache_bytes_per_token", "KV cache per token", card.fmt_bytes),
+    ):
+        row = reached[key]
+        share = f"{100 * row['removed_fraction']:.1f}%"
+        assert f"| {label} | {fmt(row['before'])} | {fmt(row['after'])} | {share} |" in text, label
+    assert "**Export format: compact** (hubprune heterogeneous (per_layer_config))" in text
+    assert "vLLM cannot serve it; use transformers." in text and "vllm serve" not in text
+    assert 'dtype="auto", trust_remote_code=True)' in text
+    assert "To load it: `AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`." in text
+    assert "**zero-filled**" not in text
+    assert "it removed 1 of 4 blocks (3); pruned 16.7% of heads and 25% of MLP channels" in text
+
+
+def test_plain_export_of_a_width_plan_says_it_is_zero_filled(tmp_path):
+    """Catches a plain export of narrowed blocks presented as smaller or as needing remote code."""
+    plain = {"format": "plain", "vllm_servable": True, "trust_remote_code": False}
+    text = card.render_card_text(
+        write_run(tmp_path / "run", width_manifest(plain)), repo_id="test-org/pruned"
+    )
+    assert "**zero-filled**" in text and "nothing is saved" in text
+    assert "(nominally: this export zero-fills them)" in text
+    assert "trust_remote_code" not in text and "vllm serve test-org/pruned\n" in text
+    assert (
+        "**Export format: plain** (the base model's own architecture). It loads in stock transformers" in text
+    )

@@ -104,7 +104,7 @@ def test_commit_message_and_description(hub_server, run_dir, token, monkeypatch)
     commit = hub_server.repo(REPO).commits[result.commit_sha]
     assert (
         commit.summary
-        == "Prune test-org/tiny-llama: remove 1 of 4 blocks with reverse-order (-23.4% parameters)"
+        == "Prune test-org/tiny-llama: removed 1 of 4 blocks with reverse-order (-23.4% parameters)"
     )
     assert "Published with hubprune 0.1.0." in commit.description
     assert "GitHub Actions run: https://github.example/acme/models/actions/runs/4242" in commit.description
@@ -256,7 +256,7 @@ def test_dry_run_without_the_hub_lists_everything_and_what_it_could_not_check(
     assert hub_server.requests == [] and captured.err == ""
     out = captured.out
     assert "dry run: would publish" in out and "me/x@main" in out
-    assert "commit message: Prune test-org/tiny-llama: remove 1 of 4 blocks with reverse-order" in out
+    assert "commit message: Prune test-org/tiny-llama: removed 1 of 4 blocks with reverse-order" in out
     assert "Published with hubprune" in out  # the commit description
     assert "  model.safetensors  " in out and "  hubprune.json  " in out and "  README.md  " in out
     assert "base_model: test-org/tiny-llama" in out

@@ -1,10 +1,11 @@
-"""`hubprune inspect SOURCE --method M`: score every block without pruning."""
+"""`hubprune inspect SOURCE --method M`: score every unit without pruning; for width methods, also
+what each block would keep."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hubprune.cli import options
 
@@ -44,6 +45,7 @@ def format_table(plan: Plan) -> str:
             f"{'' if position is None else position:>5}  {'x' if unit.name in removed else ''}"
         )
     lines.append(f"score: {plan.score_meaning}")
+    lines.extend(_width_lines(plan))
     if plan.trace and all("divergence" in step for step in plan.trace):
         lines.append("")
         lines.append(f"{'step':>4}  {'removed':<10} {'divergence':>12} {'params removed':>15}")
@@ -54,6 +56,40 @@ def format_table(plan: Plan) -> str:
                 f"{'' if share is None else format(share, '.1%'):>15}"
             )
     return "\n".join(lines)
+
+
+def _width_lines(plan: Plan) -> list[str]:
+    """For a plan that narrows blocks, what it would leave of each (kept/base): query heads, KV
+    heads and MLP channels; nothing for plans of whole blocks or sublayers."""
+    from hubprune.describe import block_widths, removal
+
+    if plan.dims is None or not plan.removed:
+        return []
+    shape = plan.shape()
+    if not shape.has_widths():
+        return []
+    lines = [
+        "",
+        f"would keep ({removal(shape)}):",
+        f"{'block':>5}  {'heads':>7} {'kv heads':>8} {'channels':>11}",
+    ]
+    for row in block_widths(shape):
+        if row["removed"]:
+            lines.append(f"{row['block']:>5}  removed")
+        else:
+            lines.append(f"{row['block']:>5}  {row['heads']:>7} {row['kv_heads']:>8} {row['channels']:>11}")
+    return lines
+
+
+def json_record(plan: Plan) -> dict[str, Any]:
+    """The plan as `--json` prints it: its manifest form (with the per-block `shape` when the plan
+    records the model's widths) and the one-line `summary` of what it would remove."""
+    from hubprune.describe import removal
+
+    record = plan.to_dict()
+    if plan.dims is not None:
+        record["summary"] = removal(plan.shape())
+    return record
 
 
 def run(args: argparse.Namespace) -> None:
@@ -71,6 +107,6 @@ def run(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
     )
     if args.json:
-        print(json.dumps(plan.to_dict(), indent=2, sort_keys=True))
+        print(json.dumps(json_record(plan), indent=2, sort_keys=True))
     else:
         print(format_table(plan))

@@ -37,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from hubprune.pipeline import prune, summary
+    from hubprune.describe import summary
+    from hubprune.pipeline import prune
 
     budget = options.budget(args)  # validate cheap options before loading anything
     options.method_params(args)
