@@ -137,6 +137,20 @@ def test_config_follows_transformers_per_layer_schema(tmp_path: Path) -> None:
     assert config.per_layer_config[2].skip == ["attention"]
 
 
+def test_hidden_states_and_attention_backend_follow_transformers(tmp_path: Path) -> None:
+    model = tiny_model("qwen3")
+    _export(model, Shape.from_units(_units(), Dims.from_config(model.config)), tmp_path)
+    loaded = load_hetero(tmp_path, dtype=torch.float32)
+    # Each block's attention is built from its own config, which follows the model's backend.
+    for backend in ("sdpa", "eager"):
+        loaded.set_attn_implementation(backend)
+        assert loaded.model.layers[0].self_attn.config._attn_implementation == backend
+    with torch.no_grad():
+        out = loaded(_ids(), output_hidden_states=True, output_attentions=True)
+    assert len(out.hidden_states) == 5  # the embeddings and one per block
+    assert len(out.attentions) == 3  # block 2 has no attention
+
+
 def test_mismatched_weights_are_refused_naming_the_tensor(tmp_path: Path) -> None:
     model = tiny_model("llama")
     adapter = adapter_for(model)
