@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.cache_utils import DummyLayer
 
 from hubprune.arch import adapter_for
 from hubprune.errors import ExportError
-from hubprune.export_hetero import hetero_config, is_hetero, load_hetero, write_hetero
+from hubprune.export_hetero import hetero_config, is_hetero, load_hetero, remote_code, write_hetero
 from hubprune.plan import Unit
 from hubprune.shape import Dims, Shape
 from hubprune.transforms import slice_state_dict, zero_fill
@@ -170,6 +171,14 @@ def test_uneven_head_groups_are_refused() -> None:
     layer = dict(attention=True, num_attention_heads=3, num_key_value_heads=1, mlp=True, intermediate_size=96)
     with pytest.raises(ExportError, match="2 query heads per KV head"):
         hetero_config(model.config, [layer] * 4)
+    # The shipped config class refuses such a config.json too, and unknown `skip` values.
+    dense = dict(layer, num_attention_heads=4, num_key_value_heads=2)
+    written = hetero_config(model.config, [dense] * 4)
+    with pytest.raises(StrictDataclassClassValidationError, match="2 query heads per KV head"):
+        remote_code().HubpruneConfig(**{**written, "per_layer_config": {"1": {"num_attention_heads": 3}}})
+    with pytest.raises(StrictDataclassClassValidationError, match="only \\['attention', 'mlp'\\]"):
+        remote_code().HubpruneConfig(**{**written, "per_layer_config": {"1": {"skip": ["moe"]}}})
+    assert remote_code().HubpruneConfig(**written).per_layer_config[1].num_attention_heads == 4
 
 
 def test_load_hetero_refuses_other_folders(tmp_path: Path) -> None:

@@ -24,13 +24,13 @@ fields (`layer_types`, `sliding_window`, ...) and work unchanged.
 
 from __future__ import annotations
 
-from typing import Any
-
+from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
 SKIPPABLE = ("attention", "mlp")
 
 
+@strict  # runs validate_architecture after __init__, as on transformers' own configs
 class HubpruneConfig(PreTrainedConfig):
     """The native config's fields of `base_model_type`, plus per-block overrides in `per_layer_config`."""
 
@@ -39,15 +39,6 @@ class HubpruneConfig(PreTrainedConfig):
     base_model_type: str = "llama"
     # Declared because PreTrainedConfig drops undeclared generation keys such as use_cache.
     use_cache: bool = True
-
-    def __post_init__(self, **kwargs: Any) -> None:
-        super().__post_init__(**kwargs)
-        if getattr(self, "head_dim", None) is None:
-            raise ValueError(
-                "a hubprune config needs an explicit head_dim (it stays the same in every block)"
-            )
-        if getattr(self, "use_bidirectional_attention", False):
-            raise ValueError("bidirectional attention (Gemma 3 embedding models) is not supported")
 
     def layer_config(self, layer_idx: int) -> HubpruneConfig:
         """The homogeneous config of block `layer_idx`, used to build its native modules.
@@ -74,18 +65,25 @@ class HubpruneConfig(PreTrainedConfig):
         PreTrainedConfig._attn_implementation.fset(self, value)
 
     def validate_architecture(self) -> None:
-        """Every block's query heads split evenly into its KV heads; skipped sublayers are known."""
+        """A fixed head size, the same query heads per KV head in every block, known `skip` values."""
+        if not self._hasattr_without_heterogeneous_validation("num_attention_heads"):
+            return  # a bare HubpruneConfig(), which transformers builds to find default values
+        if getattr(self, "head_dim", None) is None:
+            raise ValueError("a hubprune config needs an explicit head_dim (it is the same in every block)")
+        if getattr(self, "use_bidirectional_attention", False):
+            raise ValueError("bidirectional attention (Gemma 3 embedding models) is not supported")
+        heads = self._getattr_without_heterogeneous_validation("num_attention_heads")
+        kv_heads = self._getattr_without_heterogeneous_validation("num_key_value_heads") or heads
         for i in range(self.num_hidden_layers):
-            layer = self.per_layer_config[i] if self.is_heterogeneous else self
+            layer = self.per_layer_config[i]
             unknown = set(getattr(layer, "skip", None) or []) - set(SKIPPABLE)
             if unknown:
                 raise ValueError(f"block {i} skips {sorted(unknown)}; only {list(SKIPPABLE)} can be skipped")
-            heads, kv_heads = (
-                layer.num_attention_heads,
-                layer.num_key_value_heads or layer.num_attention_heads,
-            )
-            if heads % kv_heads:
-                raise ValueError(f"block {i}: {heads} query heads do not split into {kv_heads} KV heads")
+            if layer.num_attention_heads != (layer.num_key_value_heads or heads) * (heads // kv_heads):
+                raise ValueError(
+                    f"block {i} has {layer.num_attention_heads} query heads for {layer.num_key_value_heads} "
+                    f"KV heads; every block has {heads // kv_heads} query heads per KV head"
+                )
 
 
 __all__ = ["HubpruneConfig"]

@@ -29,6 +29,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.modeling_utils import PreTrainedModel
+from transformers.utils import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_hubprune import HubpruneConfig
 
@@ -222,6 +224,7 @@ class HubpruneModel(HubprunePreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @capture_outputs  # output_hidden_states / output_attentions, as in the native models
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -275,7 +278,7 @@ class HubpruneModel(HubprunePreTrainedModel):
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=cache)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
 
 
 class HubpruneForCausalLM(HubprunePreTrainedModel, GenerationMixin):
@@ -288,6 +291,7 @@ class HubpruneForCausalLM(HubprunePreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -319,7 +323,13 @@ class HubpruneForCausalLM(HubprunePreTrainedModel, GenerationMixin):
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
 
 __all__ = ["HubpruneForCausalLM", "HubpruneModel", "HubprunePreTrainedModel"]
