@@ -1,0 +1,232 @@
+"""The heterogeneous compact export: any per-block widths, for every supported family.
+
+config.json is the source model's own config (its model_type kept as `base_model_type`) plus
+transformers 5.24's `per_layer_config`: per block, the `num_attention_heads`,
+`num_key_value_heads` and `intermediate_size` that differ from the global values, and
+`skip: ["attention"]` / `["mlp"]` for removed sublayers. `model_type` is "hubprune" and
+`auto_map` names our configuration and modeling files in `templates/remote/`, copied into the
+folder, so stock transformers loads it with `trust_remote_code=True`. Why the config goes
+through transformers' heterogeneity mixin is written in `configuration_hubprune.py`.
+
+Weight names are the native checkpoint's minus removed modules. Before writing, the tensors are
+checked name by name and shape by shape against a model built (on the meta device) from the
+written config. hubprune itself loads such folders with its own copy of the remote code
+(:func:`load_hetero`), never with code from a downloaded folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.machinery
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+from hubprune.arch.families import ALL
+from hubprune.errors import ExportError, UnsupportedArchitectureError
+from hubprune.export import DEFAULT_MAX_SHARD_SIZE, folder_files, write_companions
+from hubprune.resources import templates_dir
+
+MODEL_TYPE = "hubprune"
+ARCHITECTURE = "HubpruneForCausalLM"
+REMOTE_FILES = ("configuration_hubprune.py", "modeling_hubprune.py")
+AUTO_MAP = {
+    "AutoConfig": "configuration_hubprune.HubpruneConfig",
+    "AutoModelForCausalLM": "modeling_hubprune.HubpruneForCausalLM",
+}
+SCHEMA = "hubprune heterogeneous (per_layer_config)"
+# Keys of the native config that name the native class or the machine it was saved on.
+_DROPPED_KEYS = ("architectures", "model_type", "auto_map", "_name_or_path", "transformers_version")
+# The package name hubprune's own copy of the remote code is imported under.
+_REMOTE_PACKAGE = "hubprune_remote_code"
+
+
+def _native_dict(native_config: Any) -> dict[str, Any]:
+    return dict(native_config) if isinstance(native_config, dict) else native_config.to_dict()
+
+
+def is_hetero(config_dict: dict[str, Any]) -> bool:
+    """Whether a config.json dict is one of our heterogeneous exports."""
+    return config_dict.get("model_type") == MODEL_TYPE
+
+
+def _block_overrides(native: dict[str, Any], index: int, layer: dict[str, Any]) -> dict[str, Any]:
+    """The `per_layer_config` entry of one block: what differs from the global config."""
+    heads, kv_heads = (
+        native["num_attention_heads"],
+        native.get("num_key_value_heads") or native["num_attention_heads"],
+    )
+    out: dict[str, Any] = {}
+    skip = []
+    if layer["attention"]:
+        q, kv = layer["num_attention_heads"], layer["num_key_value_heads"]
+        if kv <= 0 or q != kv * (heads // kv_heads):
+            raise ExportError(
+                f"block {index} keeps {q} query heads for {kv} KV heads; every block must keep "
+                f"{heads // kv_heads} query heads per KV head"
+            )
+        if (q, kv) != (heads, kv_heads):
+            out.update(num_attention_heads=q, num_key_value_heads=kv)
+    else:
+        skip.append("attention")
+    if layer["mlp"]:
+        if layer["intermediate_size"] <= 0:
+            raise ExportError(f"block {index} keeps an MLP of width {layer['intermediate_size']}")
+        if layer["intermediate_size"] != native["intermediate_size"]:
+            out["intermediate_size"] = layer["intermediate_size"]
+    else:
+        skip.append("mlp")
+    if skip:
+        out["skip"] = skip
+    return out
+
+
+def hetero_config(native_config: Any, layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The config.json of a heterogeneous export of `native_config` (object or dict, with the
+    kept number of blocks) with one `layers` entry per block (see :func:`write_hetero`)."""
+    native = _native_dict(native_config)
+    base = native.get("model_type")
+    if not any(base in adapter.model_types for adapter in ALL):
+        raise UnsupportedArchitectureError(f"the heterogeneous format has no modeling code for '{base}'")
+    if len(layers) != native["num_hidden_layers"]:
+        raise ExportError(
+            f"{len(layers)} block shapes for a config with {native['num_hidden_layers']} blocks"
+        )
+    per_layer = {i: o for i, layer in enumerate(layers) if (o := _block_overrides(native, i, layer))}
+    # transformers writes the keys zero-padded so they sort numerically; so do we, and the file
+    # stays the same when the config is saved again.
+    width = len(str(max(per_layer))) if per_layer else 1
+    config = {k: v for k, v in native.items() if k not in _DROPPED_KEYS}
+    config.update(
+        model_type=MODEL_TYPE,
+        base_model_type=base,
+        architectures=[ARCHITECTURE],
+        auto_map=dict(AUTO_MAP),
+        # Pruned blocks keep their head size; Qwen2 and Phi-3 configs only imply it.
+        head_dim=native.get("head_dim") or native["hidden_size"] // native["num_attention_heads"],
+        per_layer_config={str(i).zfill(width): o for i, o in per_layer.items()},
+    )
+    return config
+
+
+@functools.cache
+def remote_code() -> ModuleType:
+    """hubprune's own copy of `modeling_hubprune` (templates/remote), imported as a package so
+    its relative import of the configuration resolves; never the copy in a model folder."""
+    folder = templates_dir() / "remote"
+    spec = importlib.machinery.ModuleSpec(_REMOTE_PACKAGE, None, is_package=True)
+    package = importlib.util.module_from_spec(spec)
+    package.__path__ = [str(folder)]
+    sys.modules[_REMOTE_PACKAGE] = package
+    return importlib.import_module(f"{_REMOTE_PACKAGE}.modeling_hubprune")
+
+
+def _copy_remote_code(folder: Path) -> list[str]:
+    for name in REMOTE_FILES:
+        shutil.copyfile(templates_dir() / "remote" / name, folder / name)
+    return list(REMOTE_FILES)
+
+
+def _build_hetero(folder: Path, state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
+    """The model built from `folder`'s config.json with `state_dict` loaded strictly; an
+    ExportError names the first tensor that the config does not imply."""
+    code = remote_code()
+    config = code.HubpruneConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model = code.HubpruneForCausalLM._from_config(config, dtype=dtype)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    actual = {k: tuple(v.shape) for k, v in state_dict.items()}
+    if config.tie_word_embeddings:  # one tensor, whether or not the state dict names it twice
+        expected.pop("lm_head.weight", None)
+        actual.pop("lm_head.weight", None)
+    missing = sorted(expected.keys() - actual.keys())
+    extra = sorted(actual.keys() - expected.keys())
+    if missing or extra:
+        first = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        raise ExportError(
+            f"heterogeneous weights do not match the heterogeneous config ({first}; "
+            f"{len(missing)} missing, {len(extra)} unexpected)"
+        )
+    for name, shape in expected.items():
+        if actual[name] != shape:
+            raise ExportError(f"tensor {name} has shape {actual[name]} but the config implies {shape}")
+    weights = {k: v.to(dtype) for k, v in state_dict.items() if k in expected}
+    model.load_state_dict(weights, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    return model.eval()
+
+
+def write_hetero(
+    state_dict: dict[str, torch.Tensor],
+    native_config: Any,
+    layers: list[dict[str, Any]],
+    folder: Path,
+    *,
+    dtype: torch.dtype,
+    tokenizer: Any = None,
+    source_dir: Path | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    extra_files: dict[str, str] | None = None,
+    generation_config: Any = None,
+) -> dict[str, Any]:
+    """Write the compact tensors `state_dict` (native names, removed modules left out, widths
+    sliced) into the (staging) `folder` as a heterogeneous checkpoint with our remote code.
+
+    `layers` holds one dict per kept block: `attention` (bool), `num_attention_heads`,
+    `num_key_value_heads`, `mlp` (bool), `intermediate_size`. Returns the manifest's export
+    record (its `_model` is the model the weights were checked against).
+    """
+    config = hetero_config(native_config, layers)
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    (folder / "config.json").write_text(text, encoding="utf-8")
+    remote = _copy_remote_code(folder)
+    model = _build_hetero(folder, dict(state_dict), dtype)
+    model.save_pretrained(folder, max_shard_size=max_shard_size)
+    # save_pretrained rewrites config.json from the loaded config (and may drop the code files
+    # it did not load from the folder); keep ours.
+    (folder / "config.json").write_text(text, encoding="utf-8")
+    _copy_remote_code(folder)
+    if generation_config is not None:
+        generation_config.save_pretrained(folder)
+    licenses = write_companions(folder, tokenizer, source_dir, extra_files)
+    return {
+        "format": "compact",
+        "schema": SCHEMA,
+        "architectures": config["architectures"],
+        "base_model_type": config["base_model_type"],
+        "trust_remote_code": True,
+        "vllm_servable": False,
+        "how_to_load": "AutoModelForCausalLM.from_pretrained(REPO, trust_remote_code=True)",
+        "remote_code": remote,
+        "attention_blocks": sum(1 for layer in layers if layer["attention"]),
+        "mlp_blocks": sum(1 for layer in layers if layer["mlp"]),
+        "zero_filled": False,
+        "max_shard_size": max_shard_size,
+        "files": folder_files(folder),
+        "license_files": licenses,
+        "_model": model,
+    }
+
+
+def load_hetero(
+    folder: str | Path, *, dtype: torch.dtype | str = "auto", device: str | None = None
+) -> nn.Module:
+    """Load a heterogeneous export with hubprune's own copy of the modeling code (the folder's
+    Python files are not run), in eval mode."""
+    code = remote_code()
+    config_path = Path(folder) / "config.json"
+    if not config_path.is_file() or not is_hetero(json.loads(config_path.read_text(encoding="utf-8"))):
+        raise ExportError(
+            f"{folder} is not a hubprune heterogeneous export (config.json model_type '{MODEL_TYPE}')"
+        )
+    model = code.HubpruneForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device)
+    return model.eval()
