@@ -77,10 +77,11 @@ def _query_and_kv_heads(
     sublayer was removed, the config's numbers when the layout cannot be read. Width-pruned and
     heterogeneous models differ per block, so the config alone cannot say."""
     from hubprune.arch.adapter import KV, QUERY
+    from hubprune.shape import config_value
     from hubprune.sublayers import SkippedAttention
 
-    dims_heads = int(config.num_attention_heads)
-    kv = int(getattr(config, "num_key_value_heads", None) or dims_heads)
+    dims_heads = int(config_value(config, "num_attention_heads"))
+    kv = int(config_value(config, "num_key_value_heads") or dims_heads)
     default = (dims_heads, kv)
     if blocks is None:
         return [default] * num_blocks

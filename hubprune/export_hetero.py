@@ -16,13 +16,8 @@ written config. hubprune itself loads such folders with its own copy of the remo
 
 from __future__ import annotations
 
-import functools
-import importlib
-import importlib.machinery
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -45,8 +40,6 @@ AUTO_MAP = {
 SCHEMA = "hubprune heterogeneous (per_layer_config)"
 # Keys of the native config that name the native class or the machine it was saved on.
 _DROPPED_KEYS = ("architectures", "model_type", "auto_map", "_name_or_path", "transformers_version")
-# The package name hubprune's own copy of the remote code is imported under.
-_REMOTE_PACKAGE = "hubprune_remote_code"
 
 
 def _native_dict(native_config: Any) -> dict[str, Any]:
@@ -117,16 +110,11 @@ def hetero_config(native_config: Any, layers: list[dict[str, Any]]) -> dict[str,
     return config
 
 
-@functools.cache
 def remote_code() -> ModuleType:
-    """hubprune's own copy of `modeling_hubprune` (templates/remote), imported as a package so
-    its relative import of the configuration resolves; never the copy in a model folder."""
-    folder = templates_dir() / "remote"
-    spec = importlib.machinery.ModuleSpec(_REMOTE_PACKAGE, None, is_package=True)
-    package = importlib.util.module_from_spec(spec)
-    package.__path__ = [str(folder)]
-    sys.modules[_REMOTE_PACKAGE] = package
-    return importlib.import_module(f"{_REMOTE_PACKAGE}.modeling_hubprune")
+    """hubprune's own copy of `modeling_hubprune` (never the copy in a model folder)."""
+    from hubprune.formats import remote_code_module
+
+    return remote_code_module("modeling_hubprune")
 
 
 def _copy_remote_code(folder: Path) -> list[str]:

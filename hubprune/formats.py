@@ -175,6 +175,75 @@ NEMOTRON_NAS = ExportFormat(
 )
 
 
+# -- hubprune heterogeneous ----------------------------------------------------------------------
+
+
+def _is_hetero(config: dict[str, Any]) -> bool:
+    from hubprune.export_hetero import is_hetero
+
+    return is_hetero(config)
+
+
+def _load_hetero(folder: Path, *, dtype: Any, device: str, **options: Any) -> nn.Module:
+    """The heterogeneous model in `folder`, built by hubprune's copy of the remote code."""
+    options.pop("trust_remote_code", None)  # nothing from the folder runs, so there is nothing to trust
+    model_cls = remote_code_module("modeling_hubprune").HubpruneForCausalLM
+    return model_cls.from_pretrained(folder, dtype=dtype, **options).to(device).eval()
+
+
+def _hetero_layers(config: Any) -> list[dict[str, Any]]:
+    """Per block of a loaded heterogeneous model, its widths (from transformers' per-layer view
+    of `per_layer_config`), as :func:`hubprune.export_hetero.write_hetero` takes them."""
+    out = []
+    for i in range(config.num_hidden_layers):
+        layer = config.per_layer_config[i]
+        skip = set(getattr(layer, "skip", None) or ())
+        attention, mlp = "attention" not in skip, "mlp" not in skip
+        out.append(
+            {
+                "attention": attention,
+                "num_attention_heads": layer.num_attention_heads if attention else 0,
+                "num_key_value_heads": layer.num_key_value_heads if attention else 0,
+                "mlp": mlp,
+                "intermediate_size": layer.intermediate_size if mlp else 0,
+            }
+        )
+    return out
+
+
+def _write_hetero(model: nn.Module, adapter: Any, tokenizer: Any, folder: Path, **where: Any) -> dict:
+    """A model loaded from a heterogeneous folder (recovered, say), written again with its own
+    per-block widths: the native fields of its config, `base_model_type` as the model type."""
+    from hubprune.export_hetero import write_hetero
+
+    native = {k: v for k, v in model.config.to_dict().items() if k not in ("per_layer_config", "auto_map")}
+    native["model_type"] = native.pop("base_model_type")
+    record = write_hetero(
+        dict(model.state_dict()),
+        native,
+        _hetero_layers(model.config),
+        folder,
+        dtype=next(model.parameters()).dtype,
+        tokenizer=tokenizer,
+        generation_config=getattr(model, "generation_config", None),
+        **where,
+    )
+    record.pop("_model")
+    return record
+
+
+HETERO = ExportFormat(
+    name="hetero",
+    detect=_is_hetero,
+    load=_load_hetero,
+    family=lambda config: str(config.get("base_model_type")),
+    write=_write_hetero,
+    vllm_servable=False,
+    how_to_load="transformers runs it with trust_remote_code=True (per-block widths in per_layer_config); "
+    "vLLM does not serve this format",
+)
+
+
 # -- the registry -------------------------------------------------------------------------------------
 
 FORMATS: dict[str, ExportFormat] = {}
@@ -188,7 +257,7 @@ def register_format(fmt: ExportFormat) -> ExportFormat:
     return fmt
 
 
-for _fmt in (PLAIN, NEMOTRON_NAS):
+for _fmt in (PLAIN, NEMOTRON_NAS, HETERO):
     register_format(_fmt)
 
 

@@ -181,7 +181,11 @@ def prune(
     # Checks in order of cost: a local model's config (free), then the calibration text (a
     # missing file or column, or no Hub, fails before any download), then a Hub model's download.
     calibration = calibration or CalibrationOptions()
-    resolved = _resolve_and_check(source, spec, budget, method_params, export_format) if is_local(source.spec) else None
+    resolved = (
+        _resolve_and_check(source, spec, budget, method_params, export_format)
+        if is_local(source.spec)
+        else None
+    )
     texts = calibration_text(calibration, source.spec) if spec.needs_calibration else None
     resolved = resolved or _resolve_and_check(source, spec, budget, method_params, export_format)
     loaded = load(source, resolved)

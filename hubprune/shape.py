@@ -21,8 +21,19 @@ from typing import Any
 from hubprune.errors import BudgetError, RecipeError
 
 
-def _get(config: Any, key: str, default: Any = None) -> Any:
-    return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
+def config_value(config: Any, key: str, default: Any = None) -> Any:
+    """`key` of a config object or config.json dict. On a heterogeneous config (transformers'
+    `per_layer_config`, our compact format) a per-block field read globally raises; its global
+    value is the dense model's, which is what unit indices refer to, so read that."""
+    if isinstance(config, dict):
+        return config.get(key, default)
+    try:
+        return getattr(config, key, default)
+    except RuntimeError:  # AmbiguousGlobalPerLayerAttributeError
+        return config._getattr_without_heterogeneous_validation(key, default)
+
+
+_get = config_value
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,9 @@ def block_params(model: nn.Module, adapter: ArchAdapter) -> list[int]:
 
 
 def head_dim(config: Any) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    from hubprune.shape import config_value as get
+
+    return get(config, "head_dim") or get(config, "hidden_size") // get(config, "num_attention_heads")
 
 
 def kv_cache_bytes_per_token(config: Any, attention_layers: int, bytes_per_value: int) -> int:
@@ -36,5 +38,7 @@ def kv_cache_bytes_per_token(config: Any, attention_layers: int, bytes_per_value
 
     Sliding-window layers stop growing at the window size; this counts the full-context worst case.
     """
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    from hubprune.shape import config_value as get
+
+    kv_heads = get(config, "num_key_value_heads") or get(config, "num_attention_heads")
     return 2 * kv_heads * head_dim(config) * attention_layers * bytes_per_value
