@@ -344,8 +344,6 @@ class Recipe(_Section):
                 + ", ".join(f"'{m}' stage ({OPTIONAL_STAGE_MODULES[m]})" for m in missing)
                 + "; remove the section or install a hubprune that has it"
             )
-        if self.recover is not None and self.prune.export_format != "plain":
-            raise ValueError("recovery trains a plain export; set prune.export_format: plain")
         return self
 
     def stages(self) -> list[str]:

@@ -72,6 +72,31 @@ def compact(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"base": base, "run": root / "run", "text": text, "empty": empty[0], "removed": removed}
 
 
+@pytest.fixture(scope="module")
+def hetero(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A wanda-sp compact run of a tiny Qwen3 (q/k norms, sliding windows): blocks of different
+    widths, which only the heterogeneous format can express."""
+    from tests.tiny import save_tiny
+
+    root = tmp_path_factory.mktemp("hetero")
+    base = save_tiny(root / "base", "qwen3")
+    text = root / "text.txt"
+    text.write_text("\n".join(SAMPLE_TEXT[i : i + 200] for i in range(0, len(SAMPLE_TEXT), 200)))
+    manifest = prune(
+        SourceOptions(str(base), dtype="float32"),
+        "wanda-sp",
+        Budget(0.3, "params"),
+        root / "run",
+        calibration=CalibrationOptions(dataset=str(text), samples=4, seq_len=16),
+        batch_size=2,
+        export_format="compact",
+    )
+    assert manifest.export["schema"].startswith("hubprune heterogeneous")
+    widths = {b["channels"] for b in manifest.plan.to_dict()["shape"]}
+    assert len(widths) > 1, "the fixture lost its point: blocks should differ in width"
+    return {"base": base, "run": root / "run", "text": text}
+
+
 def _load(folder: Path):
     return load_model(ResolvedSource(str(folder), "local", folder), dtype="float32", device="cpu")
 
@@ -197,27 +222,34 @@ def test_nemotron_nas_rewrite_keeps_per_block_widths(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", ["partial", "lora"])
+@pytest.mark.parametrize("which", ["compact", "hetero"])
 def test_recover_writes_the_same_compact_format(
-    compact: dict[str, Path], tmp_path: Path, written: dict, mode: str
+    which: str, request: pytest.FixtureRequest, tmp_path: Path, written: dict, mode: str
 ) -> None:
-    """Would catch recovery that writes a compact input as plain, drops the remote code or
-    `auto_map`, skips merging LoRA, trains an empty block, or writes weights that reload (through
-    hubprune or stock transformers) differently from the model trained in memory."""
-    run, out = compact["run"], tmp_path / mode
-    manifest = recover(run, out, _settings(compact["text"], mode=mode, last_k=2, max_steps=4))
+    """Would catch recovery that writes a compact input (nemotron-nas, or heterogeneous widths)
+    as plain, drops the remote code or `auto_map`, loses a block's width, skips merging LoRA,
+    trains an empty block, or writes weights that reload (through hubprune or stock
+    transformers) differently from the model trained in memory."""
+    from hubprune import export_hetero
+
+    fixture = request.getfixturevalue(which)
+    run, out = fixture["run"], tmp_path / mode
+    manifest = recover(run, out, _settings(fixture["text"], mode=mode, last_k=2, max_steps=4))
     record = manifest.stages["recover"]
-    if mode == "partial":  # the empty block holds no weights: the last 2 blocks that do are trained
-        last = [i for i in range(4) if i != compact["empty"]][-2:]
+    if mode == "partial" and which == "compact":  # the empty block holds no weights: skipped
+        last = [i for i in range(4) if i != fixture["empty"]][-2:]
         assert record["trained_modules"] == [f"model.layers.{i}" for i in last] + ["model.norm"]
-    else:  # merged: no LoRA tensors, the same module names as the input
+    elif mode == "lora":  # merged: no LoRA tensors, the same module names as the input
         assert record["lora_merged"] and "q_proj" in record["trained_modules"]
     config, before = (json.loads((f / "config.json").read_text()) for f in (out, run))
-    assert config["model_type"] == "nemotron-nas" and config["auto_map"] == before["auto_map"]
-    assert config["block_configs"] == before["block_configs"]
-    for name in export_compact_mod.REMOTE_FILES:
+    assert config["model_type"] == before["model_type"] and config["auto_map"] == before["auto_map"]
+    per_block = "block_configs" if which == "compact" else "per_layer_config"
+    assert config[per_block] == before[per_block]
+    module = export_compact_mod if which == "compact" else export_hetero
+    for name in module.REMOTE_FILES:
         assert (out / name).read_bytes() == (templates_dir() / "remote" / name).read_bytes()
     export = Manifest.load(out).export
-    assert export["format"] == "compact" and export["remote_code"] == list(export_compact_mod.REMOTE_FILES)
+    assert export["format"] == "compact" and export["remote_code"] == list(module.REMOTE_FILES)
 
     ours, _ = _load(out)
     stock = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32).eval()
@@ -229,5 +261,31 @@ def test_recover_writes_the_same_compact_format(
     assert manifest.model_after["params_total"] == sum(p.numel() for p in ours.parameters())
 
     text = render_card_text(out)
-    assert "[modeling_decilm.py](modeling_decilm.py)" in text and "trust_remote_code=True" in text
+    code_file = module.REMOTE_FILES[1]
+    assert f"[{code_file}]({code_file})" in text and "trust_remote_code=True" in text
     assert main(["publish", str(out), "--repo", "test-org/compact", "--private", "--dry-run"]) == 0
+
+
+def test_eval_heterogeneous_run(
+    hetero: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Would catch `hubprune eval` failing on a heterogeneous export (a config whose per-block
+    fields cannot be read globally) or reporting the dense cost."""
+    monkeypatch.setenv("HUBPRUNE_CACHE", str(tmp_path / "cache"))
+    report = evaluation.evaluate_run(
+        hetero["run"],
+        tasks=["offline:piqa"],
+        limit=2,
+        perplexity_data=str(hetero["text"]),
+        perplexity_seq_len=16,
+        perplexity_max_tokens=128,
+        batch_size=2,
+    )
+    model, _ = _load(hetero["run"])
+    pruned, base = report["cost"]["pruned"], report["cost"]["base"]
+    assert pruned["params_total"] == sum(p.numel() for p in model.parameters()) < base["params_total"]
+    assert (
+        pruned["kv_cache_bytes_per_token"]
+        == Manifest.load(hetero["run"]).model_after["kv_cache_bytes_per_token"]
+    )
+    assert report["tasks"]["offline_piqa"] and report["perplexity"]["metric"]["pruned"] > 1
