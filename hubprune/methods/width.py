@@ -8,7 +8,11 @@ scores into removals.
   gives up the same fraction of what it can give (of its units, or of its parameters, FLOPs or
   KV cache), so that together they meet the budget: ``--budget-by kv`` therefore needs heads.
 - ``scope=uniform`` removes that fraction from every block; ``scope=global`` removes the
-  lowest-scored units across all blocks, so blocks end up with different widths.
+  lowest-scored units across all blocks, so blocks end up with different widths. Raw scores
+  grow with depth (activation norms do), so across blocks they are compared after
+  standardising within each block (z-scores, as FLAP does, arXiv 2312.11983): a unit goes when
+  it is unusually unimportant for its block. Measured on SmolLM2-135M at 20% of the parameters,
+  raw scores left early blocks with 5% of their channels and 10x the perplexity.
 - Every block keeps at least ``min_kv_groups`` KV groups and ``min_channels`` channels, and
   MLP widths are rounded to ``multiple_of`` (64 or 256 suit GPU kernels and vLLM).
 """
@@ -142,6 +146,13 @@ def select_width(
     return sorted(units, key=lambda u: (u.block, u.kind))
 
 
+def standardised(scores: torch.Tensor) -> torch.Tensor:
+    """Scores of one block's units as z-scores (a single unit, or equal scores, give zeros)."""
+    scores = scores.double()
+    spread = scores.std() if scores.numel() > 1 else scores.new_tensor(0.0)
+    return (scores - scores.mean()) / spread if spread > 0 else torch.zeros_like(scores)
+
+
 def _kept_counts(
     scores: list[torch.Tensor],
     per_unit: list[float],
@@ -155,11 +166,15 @@ def _kept_counts(
     multiple = params.multiple_of if pool == "channels" else 1
     if params.scope == "uniform":  # at least the fraction, as block budgets remove at least theirs
         return [_round_kept(full - math.ceil(fraction * full - 1e-9), full, low, multiple) for _ in scores]
-    # Global: remove the lowest scores across blocks (respecting each block's minimum) until the
-    # pool's savings reach its share; then round each block's width.
+    # Global: remove the lowest standardised scores across blocks (respecting each block's
+    # minimum) until the pool's savings reach its share; then round each block's width.
     target = fraction * sum(per_unit) * full
     candidates = sorted(
-        ((float(s), b, i) for b, block in enumerate(scores) for i, s in enumerate(block.tolist())),
+        (
+            (float(s), b, i)
+            for b, block in enumerate(scores)
+            for i, s in enumerate(standardised(block).tolist())
+        ),
         key=lambda t: (t[0], t[1], t[2]),
     )
     kept = [full] * len(scores)
