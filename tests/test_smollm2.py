@@ -80,3 +80,65 @@ def test_block_influence_beats_reverse_order_and_export_matches(loaded, held_out
     chat = chat["input_ids"] if not torch.is_tensor(chat) else chat
     generated = reloaded.generate(chat, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     assert generated.shape[1] == chat.shape[1] + 8
+
+
+def test_width_pruned_compact_export_evaluates_and_heals_compact(smollm2_dir, tmp_path, monkeypatch):
+    """Real weights, end to end: wanda-sp (global, heads and channels, MLP widths in multiples of
+    64) written compact; the export reloads with the in-memory pruned logits and the parameter
+    count the plan predicted; `eval` reads it; LoRA recovery writes it compact again, reloading
+    with the logits of the model trained in memory."""
+    from hubprune import recover as recover_mod
+    from hubprune.evaluation import evaluate_run
+    from hubprune.formats import load_folder
+    from hubprune.pipeline import prune
+    from hubprune.recover import recover
+    from hubprune.transforms import masked, unit_masks
+    from tests.test_recover import _settings
+
+    monkeypatch.setenv("HUBPRUNE_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "wanda"
+    manifest = prune(
+        SourceOptions(str(smollm2_dir), dtype="float32"),
+        "wanda-sp",
+        Budget(0.15, "params"),
+        run,
+        calibration=CALIBRATION,
+        method_params={"multiple_of": 64},
+        export_format="compact",
+    )
+    shape = manifest.plan.shape()
+    assert manifest.export["schema"].startswith("hubprune heterogeneous")
+    assert len({b.intermediate_size for _, b in shape.kept()}) > 1
+    assert all(b.intermediate_size % 64 == 0 for _, b in shape.kept())
+    compact = load_folder(run, dtype=torch.float32, device="cpu")
+    dense = load(SourceOptions(str(smollm2_dir), dtype="float32")).model
+    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 5457, 30, 378, 1345, 282, 9023, 314, 2]])
+    with torch.no_grad(), masked(dense, load(SourceOptions(str(smollm2_dir))).adapter, unit_masks(shape)):
+        truth = dense(ids).logits
+    with torch.no_grad():  # smaller matmuls sum in another order: ~3e-4 on logits of size ~20
+        torch.testing.assert_close(compact(ids).logits, truth, atol=1e-3, rtol=0)
+    assert (
+        sum(p.numel() for p in compact.parameters())
+        == manifest.plan.budget["reached"]["params_total"]["after"]
+    )
+
+    text = tmp_path / "heal.txt"
+    text.write_text("\n".join(load_texts("offline:lee-background").texts[:40]))
+    report = evaluate_run(run, tasks=[], perplexity_data=str(text), perplexity_max_tokens=1024)
+    assert 1 < report["perplexity"]["metric"]["pruned"] < 1e4
+
+    seen = {}
+    original = recover_mod._export
+
+    def spy(*args, **kwargs):
+        model, export = original(*args, **kwargs)
+        with torch.no_grad():
+            seen["logits"] = model(ids).logits.clone()
+        return model, export
+
+    monkeypatch.setattr(recover_mod, "_export", spy)
+    healed = recover(run, tmp_path / "healed", _settings(text, mode="lora", max_steps=2))
+    assert healed.export["format"] == "compact"
+    reloaded = load_folder(tmp_path / "healed", dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, seen["logits"], atol=1e-4, rtol=0)
