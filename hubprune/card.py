@@ -724,7 +724,7 @@ def build_context(
         "trace_value_name": _trace_value_name(plan),
         "search_cost": search_cost_summary(plan, search_cost_record(folder, manifest)),
         "export": export,
-        "remote_code": _remote_code(folder, manifest.export),
+        "remote_code": _remote_code(manifest.export),
         "chat_template": _has_chat_template(folder),
         "size_rows": size,
         "size_has_recovered": any(r["recovered"] is not None for r in size),
@@ -767,13 +767,10 @@ def build_context(
     return public_record(context)
 
 
-def _remote_code(folder: Path, export: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The remote-code files a compact export ships and its format's line on how it loads
-    (:mod:`hubprune.formats`); None for an export without remote code."""
-    from hubprune.formats import folder_format
-
+def _remote_code(export: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The remote-code files a compact export ships; None for an export without remote code."""
     files = [str(name) for name in export.get("remote_code") or []]
-    return {"files": files, "how_to_load": folder_format(folder).how_to_load} if files else None
+    return {"files": files} if files else None
 
 
 def _trace_value_name(plan: Plan) -> str:

@@ -40,8 +40,8 @@ class ExportFormat:
     device, **from_pretrained_options)` returns the model in eval mode on `device`;
     `family(config_dict)` is the native model_type whose adapter navigates it;
     `write(model, adapter, tokenizer, folder, *, source_dir, max_shard_size, extra_files)` writes
-    it into a (staging) folder and returns the manifest's export record. `how_to_load` is the
-    card's one line; `vllm_servable` whether vLLM serves it as written.
+    it into a (staging) folder and returns the manifest's export record. `vllm_servable` says
+    whether vLLM serves it as written.
     """
 
     name: str
@@ -50,7 +50,6 @@ class ExportFormat:
     family: Callable[[dict[str, Any]], str]
     write: Callable[..., dict[str, Any]]
     vllm_servable: bool
-    how_to_load: str
 
 
 # -- plain ----------------------------------------------------------------------------------------
@@ -84,7 +83,6 @@ PLAIN = ExportFormat(
     family=lambda config: str(config.get("model_type")),
     write=_write_plain,
     vllm_servable=True,
-    how_to_load="stock transformers and vLLM load it as the base model's architecture; no remote code",
 )
 
 
@@ -170,8 +168,6 @@ NEMOTRON_NAS = ExportFormat(
     family=_nemotron_nas_family,
     write=_write_nemotron_nas,
     vllm_servable=True,
-    how_to_load="transformers runs it with trust_remote_code=True, and vLLM serves the nemotron-nas "
-    "schema natively (DeciLMForCausalLM)",
 )
 
 
@@ -239,8 +235,6 @@ HETERO = ExportFormat(
     family=lambda config: str(config.get("base_model_type")),
     write=_write_hetero,
     vllm_servable=False,
-    how_to_load="transformers runs it with trust_remote_code=True (per-block widths in per_layer_config); "
-    "vLLM does not serve this format",
 )
 
 

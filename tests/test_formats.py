@@ -27,6 +27,7 @@ from hubprune.cost import model_cost
 from hubprune.errors import UnsupportedArchitectureError
 from hubprune.formats import (
     FORMATS,
+    HETERO,
     NEMOTRON_NAS,
     PLAIN,
     REMOTE_PACKAGE,
@@ -113,7 +114,7 @@ def test_format_of_and_registry() -> None:
         adapter_for({"model_type": "no-such-type"})
     with pytest.raises(ValueError, match="twice"):
         register_format(FORMATS["plain"])
-    assert NEMOTRON_NAS.vllm_servable and "trust_remote_code" in NEMOTRON_NAS.how_to_load
+    assert NEMOTRON_NAS.vllm_servable and not HETERO.vllm_servable
 
 
 def test_compact_loads_with_hubprunes_own_code(compact: dict[str, Path], tmp_path: Path) -> None:
