@@ -48,8 +48,13 @@ class Unit:
 
     @property
     def name(self) -> str:
-        """A short label: `block 3`, `attn 12`, `mlp 7`."""
-        return f"{self.kind} {self.block}"
+        """A short label: `block 3`, `attn 12`, `mlp 7`; `heads 2[1]` (KV group 1 of block 2),
+        `channels 5 (384)` (384 channels of block 5)."""
+        if self.indices is None:
+            return f"{self.kind} {self.block}"
+        if len(self.indices) == 1:
+            return f"{self.kind} {self.block}[{self.indices[0]}]"
+        return f"{self.kind} {self.block} ({len(self.indices)})"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "block": self.block}

@@ -181,3 +181,22 @@ def test_inspect_shows_what_each_block_would_keep(widths):
         (4, 2, 48),
     ]
     assert "would keep" not in format_table(finished([Unit("block", 1)], "block", "block-influence"))
+
+
+def test_inspect_marks_only_the_removed_kv_group() -> None:
+    """Would catch the table marking every KV group of a block once one of them is removed (the
+    unit label must name the group, and the mark come from the method's own `removed`)."""
+    from hubprune.cli.inspect import format_table
+    from hubprune.plan import Plan, Unit
+
+    plan = Plan(
+        "wanda-sp",
+        "width",
+        [Unit("heads", 0, (0,))],
+        scores=[
+            {"unit": Unit("heads", 0, (0,)), "score": 1.0, "removed": True},
+            {"unit": Unit("heads", 0, (1,)), "score": 2.0, "removed": False},
+        ],
+    )
+    rows = {line.split()[0] + " " + line.split()[1]: line for line in format_table(plan).splitlines()[1:3]}
+    assert rows["heads 0[0]"].rstrip().endswith("x") and not rows["heads 0[1]"].rstrip().endswith("x")

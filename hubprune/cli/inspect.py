@@ -36,13 +36,14 @@ def format_table(plan: Plan) -> str:
     removed = {u.name for u in plan.removed}
     ranked = all("rank" in entry for entry in plan.scores)
     order = "rank" if ranked else "step"
-    lines = [f"{'unit':<10} {'score':>12} {order:>5}  removed"]
+    lines = [f"{'unit':<12} {'score':>12} {order:>5}  removed"]
     for entry in plan.scores:
         unit, score = entry["unit"], entry.get("score")
         position = entry["rank"] if ranked else entry.get("removed_at_step")
+        gone = entry["removed"] if "removed" in entry else unit.name in removed  # width methods say
         lines.append(
-            f"{unit.name:<10} {'-' if score is None else format(score, '.6g'):>12} "
-            f"{'' if position is None else position:>5}  {'x' if unit.name in removed else ''}"
+            f"{unit.name:<12} {'-' if score is None else format(score, '.6g'):>12} "
+            f"{'' if position is None else position:>5}  {'x' if gone else ''}"
         )
     lines.append(f"score: {plan.score_meaning}")
     lines.extend(_width_lines(plan))
