@@ -247,6 +247,14 @@ def _resolve_and_check(
     """Resolve the source and check what its config alone decides: family, unit budget, format."""
     resolved = resolve_source(source.spec, allow_pickle=source.allow_pickle, base_model=source.base_model)
     config = read_model_config(resolved.local_dir, source.spec)
+    from hubprune.formats import PLAIN, format_of
+
+    fmt = format_of(config)
+    if fmt is not PLAIN:
+        raise RecipeError(
+            f"{source.spec} is a compact export ({fmt.name}); prune works on native checkpoints: "
+            "prune the base model, or a plain export, again"
+        )
     adapter = adapter_for(str(config.get("model_type")))  # unsupported families fail before loading weights
     if export_format == "nemotron-nas":  # the family and its attention; widths are known after scoring
         from hubprune.export_compact import check_compact_supported

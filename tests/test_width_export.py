@@ -132,3 +132,14 @@ def test_forcing_nemotron_nas_on_a_heads_plan_is_refused(tmp_path) -> None:
     ):
         write_compact_shape(model, adapter_for(model), shape, None, tmp_path, schema="nemotron-nas")
     assert not any(tmp_path.iterdir())
+
+
+def test_pruning_a_compact_export_again_is_refused(tmp_path) -> None:
+    """A compact folder as the source of `prune` ends in one sentence, before any weights load."""
+    from hubprune.errors import RecipeError
+
+    model = tiny_model("llama")
+    shape = Shape.from_units(WIDTH_UNITS, Dims.from_config(model.config))
+    write_compact_shape(model, adapter_for(model), shape, char_tokenizer(), tmp_path)
+    with pytest.raises(RecipeError, match="is a compact export \\(hetero\\); prune works on native checkpoints"):
+        prune(SourceOptions(str(tmp_path)), "reverse-order", Budget(1), tmp_path / "again")

@@ -40,7 +40,7 @@ def format_table(plan: Plan) -> str:
     for entry in plan.scores:
         unit, score = entry["unit"], entry.get("score")
         position = entry["rank"] if ranked else entry.get("removed_at_step")
-        gone = entry["removed"] if "removed" in entry else unit.name in removed  # width methods say
+        gone = entry.get("removed", unit.name in removed)  # width methods mark their own
         lines.append(
             f"{unit.name:<12} {'-' if score is None else format(score, '.6g'):>12} "
             f"{'' if position is None else position:>5}  {'x' if gone else ''}"
