@@ -141,5 +141,7 @@ def test_pruning_a_compact_export_again_is_refused(tmp_path) -> None:
     model = tiny_model("llama")
     shape = Shape.from_units(WIDTH_UNITS, Dims.from_config(model.config))
     write_compact_shape(model, adapter_for(model), shape, char_tokenizer(), tmp_path)
-    with pytest.raises(RecipeError, match="is a compact export \\(hetero\\); prune works on native checkpoints"):
+    with pytest.raises(
+        RecipeError, match="is a compact export \\(hetero\\); prune works on native checkpoints"
+    ):
         prune(SourceOptions(str(tmp_path)), "reverse-order", Budget(1), tmp_path / "again")
