@@ -76,6 +76,7 @@ def test_width_plan_in_memory_plain_and_compact_agree(model_type: str, tmp_path)
     write_plain(plain_model, char_tokenizer(), tmp_path / "plain")
     plain = _reload(tmp_path / "plain", remote=False)
     torch.testing.assert_close(plain(input_ids=IDS, use_cache=False).logits, truth, atol=1e-5, rtol=0)
+    assert torch.equal(_generate(plain, True), _generate(plain, False))
 
     (tmp_path / "compact").mkdir()
     record = write_compact_shape(copy.deepcopy(model), adapter, shape, char_tokenizer(), tmp_path / "compact")
