@@ -206,13 +206,6 @@ class Shape:
         kept = tuple(b for _, b in self.kept())
         return Shape(Dims(**{**self.dims.to_dict(), "num_blocks": len(kept)}), kept)
 
-    def is_dense_width(self, block: BlockShape) -> bool:
-        d = self.dims
-        return (
-            block.num_key_value_heads == d.num_key_value_heads
-            and block.intermediate_size == d.intermediate_size
-        )
-
     def has_widths(self) -> bool:
         """Whether some kept block has a partial attention or MLP (not all-or-nothing)."""
         d = self.dims

@@ -196,8 +196,3 @@ def sublayers_skipped(model: nn.Module, adapter: ArchAdapter, units: Iterable[Un
     finally:
         for name, module in reversed(saved):
             _set(model, name, module)
-
-
-def sublayer_param_counts(model: nn.Module, adapter: ArchAdapter) -> list[dict[str, int]]:
-    """Parameters of each block's attention and MLP sublayer (with their norms), in block order."""
-    return [adapter.sublayer_params(block) for block in adapter.blocks(model)]
