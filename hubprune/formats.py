@@ -146,19 +146,28 @@ def _write_nemotron_nas(model: nn.Module, adapter: Any, tokenizer: Any, folder: 
 
     if getattr(model.config, "block_configs", None) is None:
         return write_compact(model, adapter, tokenizer, folder, **where)
+    state = dict(model.state_dict())
     record = write_decilm(
-        dict(model.state_dict()),
+        state,
         model.config,
         adapter,
         _decilm_layers(model.config),
         folder,
-        dtype=next(model.parameters()).dtype,
-        tokenizer=tokenizer,
-        generation_config=getattr(model, "generation_config", None),
+        **_as_loaded(model, tokenizer),
         **where,
     )
     record.pop("_model")
     return record
+
+
+def _as_loaded(model: nn.Module, tokenizer: Any) -> dict[str, Any]:
+    """The writer arguments that keep a loaded model as it is: its dtype, tokenizer and
+    generation config."""
+    return {
+        "dtype": next(model.parameters()).dtype,
+        "tokenizer": tokenizer,
+        "generation_config": getattr(model, "generation_config", None),
+    }
 
 
 NEMOTRON_NAS = ExportFormat(
@@ -214,15 +223,9 @@ def _write_hetero(model: nn.Module, adapter: Any, tokenizer: Any, folder: Path, 
 
     native = {k: v for k, v in model.config.to_dict().items() if k not in ("per_layer_config", "auto_map")}
     native["model_type"] = native.pop("base_model_type")
+    state = dict(model.state_dict())
     record = write_hetero(
-        dict(model.state_dict()),
-        native,
-        _hetero_layers(model.config),
-        folder,
-        dtype=next(model.parameters()).dtype,
-        tokenizer=tokenizer,
-        generation_config=getattr(model, "generation_config", None),
-        **where,
+        state, native, _hetero_layers(model.config), folder, **_as_loaded(model, tokenizer), **where
     )
     record.pop("_model")
     return record
