@@ -11,7 +11,9 @@ caught here rather than by a stranger's `from_pretrained`.
 
 from __future__ import annotations
 
+import json
 import shutil
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,32 @@ from torch import nn
 
 from hubprune.errors import ExportError
 from hubprune.hub import LICENSE_PATTERNS
+from hubprune.resources import templates_dir
 from hubprune.rundir import fault_point, staged_folder
 
 DEFAULT_MAX_SHARD_SIZE = "2GB"
+
+
+def check_tensors(
+    expected: Mapping[str, tuple[int, ...]], actual: Mapping[str, tuple[int, ...]], what: str
+) -> None:
+    """Raise ExportError, naming the first difference, unless the weights (`actual` names and
+    shapes) are exactly what a model built from the written config holds (`expected`)."""
+    missing = sorted(expected.keys() - actual.keys())
+    extra = sorted(actual.keys() - expected.keys())
+    if missing or extra:
+        first = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        raise ExportError(
+            f"{what} weights do not match the {what} config ({first}; {len(missing)} missing, {len(extra)} unexpected)"
+        )
+    for name, shape in expected.items():
+        if actual[name] != shape:
+            raise ExportError(f"tensor {name} has shape {actual[name]} but the {what} config implies {shape}")
+
+
+def shapes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor, what :func:`check_tensors` compares."""
+    return {k: tuple(v.shape) for k, v in state_dict.items()}
 
 
 def check_consistent(model: nn.Module) -> None:
@@ -31,17 +56,37 @@ def check_consistent(model: nn.Module) -> None:
 
     with torch.device("meta"):
         reference = AutoModelForCausalLM.from_config(model.config)
-    expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
-    actual = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if expected.keys() != actual.keys():
-        missing = sorted(expected.keys() - actual.keys())[:3]
-        extra = sorted(actual.keys() - expected.keys())[:3]
-        raise ExportError(
-            f"pruned weights do not match the pruned config (missing {missing}, unexpected {extra})"
-        )
-    for name, shape in expected.items():
-        if actual[name] != shape:
-            raise ExportError(f"tensor {name} has shape {actual[name]} but the config implies {shape}")
+    check_tensors(shapes(reference.state_dict()), shapes(model.state_dict()), "pruned")
+
+
+def write_with_remote_code(
+    folder: Path,
+    config: dict[str, Any],
+    remote_files: Sequence[str],
+    build: Callable[[Path], nn.Module],
+    *,
+    tokenizer: Any = None,
+    generation_config: Any = None,
+    source_dir: Path | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    extra_files: dict[str, str] | None = None,
+) -> tuple[nn.Module, list[str]]:
+    """Write a compact export into the (staging) `folder`: `config` as config.json, the model code
+    `remote_files` from templates/remote/ beside it, then the weights of `build(folder)` (which
+    builds the model from those files and checks the weights against it), the generation config,
+    tokenizer and license files. Returns the built model and the license files copied."""
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    (folder / "config.json").write_text(text, encoding="utf-8")
+    for name in remote_files:
+        shutil.copyfile(templates_dir() / "remote" / name, folder / name)
+    model = build(folder)
+    model.save_pretrained(folder, max_shard_size=max_shard_size)
+    # save_pretrained rewrites config.json from the loaded config object; keep the file exactly as
+    # written (the schema vLLM and the remote code read), not transformers' re-serialisation.
+    (folder / "config.json").write_text(text, encoding="utf-8")
+    if generation_config is not None:
+        generation_config.save_pretrained(folder)
+    return model, write_companions(folder, tokenizer, source_dir, extra_files)
 
 
 def copy_license_files(source_dir: Path, out_dir: Path) -> list[str]:

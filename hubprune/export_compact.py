@@ -20,8 +20,6 @@ built from the written config, so names and shapes are checked against the remot
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +28,13 @@ from torch import nn
 
 from hubprune.arch import ArchAdapter
 from hubprune.errors import ExportError, UnsupportedArchitectureError
-from hubprune.export import DEFAULT_MAX_SHARD_SIZE, folder_files, write_companions
-from hubprune.resources import templates_dir
+from hubprune.export import (
+    DEFAULT_MAX_SHARD_SIZE,
+    check_tensors,
+    folder_files,
+    shapes,
+    write_with_remote_code,
+)
 from hubprune.rundir import staged_folder
 from hubprune.sublayers import is_removed
 
@@ -183,12 +186,6 @@ def compact_config(config: Any, adapter: ArchAdapter, layers: list[dict[str, Any
     return out
 
 
-def _copy_remote_code(folder: Path) -> list[str]:
-    for name in REMOTE_FILES:
-        shutil.copyfile(templates_dir() / "remote" / name, folder / name)
-    return list(REMOTE_FILES)
-
-
 def _build_compact(folder: Path, state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
     """Instantiate the remote-code model from `folder` and load `state_dict` into it strictly."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -196,19 +193,7 @@ def _build_compact(folder: Path, state_dict: dict[str, torch.Tensor], dtype: tor
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
     with torch.device("meta"):
         compact = AutoModelForCausalLM.from_config(config, trust_remote_code=True, dtype=dtype)
-    expected = {k: tuple(v.shape) for k, v in compact.state_dict().items()}
-    actual = {k: tuple(v.shape) for k, v in state_dict.items()}
-    if expected.keys() != actual.keys():
-        missing = sorted(expected.keys() - actual.keys())[:3]
-        extra = sorted(actual.keys() - expected.keys())[:3]
-        raise ExportError(
-            f"compact weights do not match the compact config (missing {missing}, unexpected {extra})"
-        )
-    for name, shape in expected.items():
-        if actual[name] != shape:
-            raise ExportError(
-                f"tensor {name} has shape {actual[name]} but the compact config implies {shape}"
-            )
+    check_tensors(shapes(compact.state_dict()), shapes(state_dict), "compact")
     compact.load_state_dict(state_dict, strict=True, assign=True)
     if getattr(config, "tie_word_embeddings", False):
         compact.tie_weights()
@@ -236,18 +221,17 @@ def write_decilm(
     if reason is not None:
         raise ExportError(f"the nemotron-nas schema cannot express this model: {reason}")
     out_config = compact_config(config, adapter, layers)
-    text = json.dumps(out_config, indent=2, sort_keys=True) + "\n"
-    (folder / "config.json").write_text(text, encoding="utf-8")
-    remote = _copy_remote_code(folder)
-    compact = _build_compact(folder, dict(state_dict), dtype)
-    compact.save_pretrained(folder, max_shard_size=max_shard_size)
-    # save_pretrained rewrites config.json from the loaded config; keep ours, which is the
-    # schema vLLM reads, and make sure the remote code sits beside it.
-    (folder / "config.json").write_text(text, encoding="utf-8")
-    _copy_remote_code(folder)
-    if generation_config is not None:
-        generation_config.save_pretrained(folder)
-    licenses = write_companions(folder, tokenizer, source_dir, extra_files)
+    compact, licenses = write_with_remote_code(
+        folder,
+        out_config,
+        REMOTE_FILES,
+        lambda f: _build_compact(f, dict(state_dict), dtype),
+        tokenizer=tokenizer,
+        generation_config=generation_config,
+        source_dir=source_dir,
+        max_shard_size=max_shard_size,
+        extra_files=extra_files,
+    )
     blocks = out_config["block_configs"]
     return {
         "format": "compact",
@@ -256,7 +240,7 @@ def write_decilm(
         "trust_remote_code": True,
         "vllm_servable": True,
         "how_to_load": "AutoModelForCausalLM.from_pretrained(REPO, trust_remote_code=True)",
-        "remote_code": remote,
+        "remote_code": list(REMOTE_FILES),
         "attention_blocks": sum(1 for b in blocks if not b["attention"]["no_op"]),
         "mlp_blocks": sum(1 for b in blocks if not b["ffn"]["no_op"]),
         "zero_filled": False,

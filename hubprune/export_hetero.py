@@ -17,7 +17,6 @@ written config. hubprune itself loads such folders with its own copy of the remo
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,8 +26,13 @@ from torch import nn
 
 from hubprune.arch.families import ALL
 from hubprune.errors import ExportError, UnsupportedArchitectureError
-from hubprune.export import DEFAULT_MAX_SHARD_SIZE, folder_files, write_companions
-from hubprune.resources import templates_dir
+from hubprune.export import (
+    DEFAULT_MAX_SHARD_SIZE,
+    check_tensors,
+    folder_files,
+    shapes,
+    write_with_remote_code,
+)
 
 MODEL_TYPE = "hubprune"
 ARCHITECTURE = "HubpruneForCausalLM"
@@ -117,12 +121,6 @@ def remote_code() -> ModuleType:
     return remote_code_module("modeling_hubprune")
 
 
-def _copy_remote_code(folder: Path) -> list[str]:
-    for name in REMOTE_FILES:
-        shutil.copyfile(templates_dir() / "remote" / name, folder / name)
-    return list(REMOTE_FILES)
-
-
 def _build_hetero(folder: Path, state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
     """The model built from `folder`'s config.json with `state_dict` loaded strictly; an
     ExportError names the first tensor that the config does not imply."""
@@ -130,22 +128,11 @@ def _build_hetero(folder: Path, state_dict: dict[str, torch.Tensor], dtype: torc
     config = code.HubpruneConfig.from_pretrained(folder)
     with torch.device("meta"):
         model = code.HubpruneForCausalLM._from_config(config, dtype=dtype)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    actual = {k: tuple(v.shape) for k, v in state_dict.items()}
+    expected, actual = shapes(model.state_dict()), shapes(state_dict)
     if config.tie_word_embeddings:  # one tensor, whether or not the state dict names it twice
         expected.pop("lm_head.weight", None)
         actual.pop("lm_head.weight", None)
-    missing = sorted(expected.keys() - actual.keys())
-    extra = sorted(actual.keys() - expected.keys())
-    if missing or extra:
-        first = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
-        raise ExportError(
-            f"heterogeneous weights do not match the heterogeneous config ({first}; "
-            f"{len(missing)} missing, {len(extra)} unexpected)"
-        )
-    for name, shape in expected.items():
-        if actual[name] != shape:
-            raise ExportError(f"tensor {name} has shape {actual[name]} but the config implies {shape}")
+    check_tensors(expected, actual, "heterogeneous")
     weights = {k: v.to(dtype) for k, v in state_dict.items() if k in expected}
     model.load_state_dict(weights, strict=False, assign=True)
     if config.tie_word_embeddings:
@@ -174,18 +161,17 @@ def write_hetero(
     record (its `_model` is the model the weights were checked against).
     """
     config = hetero_config(native_config, layers)
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    (folder / "config.json").write_text(text, encoding="utf-8")
-    remote = _copy_remote_code(folder)
-    model = _build_hetero(folder, dict(state_dict), dtype)
-    model.save_pretrained(folder, max_shard_size=max_shard_size)
-    # save_pretrained rewrites config.json from the loaded config (and may drop the code files
-    # it did not load from the folder); keep ours.
-    (folder / "config.json").write_text(text, encoding="utf-8")
-    _copy_remote_code(folder)
-    if generation_config is not None:
-        generation_config.save_pretrained(folder)
-    licenses = write_companions(folder, tokenizer, source_dir, extra_files)
+    model, licenses = write_with_remote_code(
+        folder,
+        config,
+        REMOTE_FILES,
+        lambda f: _build_hetero(f, dict(state_dict), dtype),
+        tokenizer=tokenizer,
+        generation_config=generation_config,
+        source_dir=source_dir,
+        max_shard_size=max_shard_size,
+        extra_files=extra_files,
+    )
     return {
         "format": "compact",
         "schema": SCHEMA,
@@ -194,7 +180,7 @@ def write_hetero(
         "trust_remote_code": True,
         "vllm_servable": False,
         "how_to_load": "AutoModelForCausalLM.from_pretrained(REPO, trust_remote_code=True)",
-        "remote_code": remote,
+        "remote_code": list(REMOTE_FILES),
         "attention_blocks": sum(1 for layer in layers if layer["attention"]),
         "mlp_blocks": sum(1 for layer in layers if layer["mlp"]),
         "zero_filled": False,

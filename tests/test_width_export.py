@@ -10,6 +10,7 @@ parameters and KV cache must be exactly what the cost model predicted from the p
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from hubprune.arch import adapter_for
 from hubprune.cost import model_cost, plan_cost
 from hubprune.export import write_plain
 from hubprune.export_compact import write_compact_shape
+from hubprune.export_hetero import hetero_config
 from hubprune.methods import Budget
 from hubprune.pipeline import CalibrationOptions, SourceOptions, prune
 from hubprune.plan import Plan, Unit
@@ -81,6 +83,9 @@ def test_width_plan_in_memory_plain_and_compact_agree(model_type: str, tmp_path)
     (tmp_path / "compact").mkdir()
     record = write_compact_shape(copy.deepcopy(model), adapter, shape, char_tokenizer(), tmp_path / "compact")
     assert record["format"] == "compact" and record["trust_remote_code"] is True
+    layers = [b.layer_config() for b in shape.blocks]
+    written = json.loads((tmp_path / "compact" / "config.json").read_text())
+    assert written == json.loads(json.dumps(hetero_config(model.config, layers)))  # ours, not re-saved
     compact = _reload(tmp_path / "compact", remote=True)
     torch.testing.assert_close(compact(input_ids=IDS, use_cache=False).logits, truth, atol=1e-5, rtol=0)
     assert torch.equal(_generate(compact, True), _generate(compact, False))
