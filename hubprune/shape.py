@@ -50,6 +50,8 @@ class Dims:
     @classmethod
     def from_config(cls, config: Any) -> Dims:
         """Dims of a transformers config object or a config.json dict."""
+        from hubprune.size import head_dim
+
         heads = int(_get(config, "num_attention_heads"))
         hidden = int(_get(config, "hidden_size"))
         kv = int(_get(config, "num_key_value_heads") or heads)
@@ -60,7 +62,7 @@ class Dims:
             hidden_size=hidden,
             num_attention_heads=heads,
             num_key_value_heads=kv,
-            head_dim=int(_get(config, "head_dim") or hidden // heads),
+            head_dim=head_dim(config),
             intermediate_size=int(_get(config, "intermediate_size")),
         )
 

@@ -48,16 +48,33 @@ def stream_blocks(
         return hook
 
     hooks = [block.register_forward_hook(make_hook(i), with_kwargs=True) for i, block in enumerate(blocks)]
-    backbone = adapter.decoder_model(model)
-    device = next(model.parameters()).device
     try:
-        batches = calibration.batches(batch_size)
-        desc = f"Scoring {len(blocks)} blocks"
-        for input_ids, attention_mask in tqdm(batches, desc=desc, unit="batch", leave=False):
-            attention_mask = attention_mask.to(device)
-            current[:] = [attention_mask]
-            backbone(input_ids=input_ids.to(device), attention_mask=attention_mask, use_cache=False)
-            yield attention_mask
+        yield from calibration_passes(
+            model, adapter, calibration, batch_size, f"Scoring {len(blocks)} blocks", current
+        )
     finally:
         for hook in hooks:
             hook.remove()
+
+
+@torch.no_grad()
+def calibration_passes(
+    model: nn.Module,
+    adapter: ArchAdapter,
+    calibration: CalibrationBatch,
+    batch_size: int,
+    desc: str,
+    current: list[torch.Tensor],
+) -> Iterator[torch.Tensor]:
+    """Run every calibration batch through the backbone (no `lm_head`), with a progress bar that
+    counts batches. During each pass `current` holds that batch's attention mask (on the model's
+    device) for hooks that reduce activations on the spot; the mask is yielded after the pass."""
+    backbone = adapter.decoder_model(model)
+    device = next(model.parameters()).device
+    for input_ids, attention_mask in tqdm(
+        calibration.batches(batch_size), desc=desc, unit="batch", leave=False
+    ):
+        attention_mask = attention_mask.to(device)
+        current[:] = [attention_mask]
+        backbone(input_ids=input_ids.to(device), attention_mask=attention_mask, use_cache=False)
+        yield attention_mask

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from hubprune.arch.adapter import CHANNELS, QUERY
+from hubprune.methods.capture import calibration_passes
 from hubprune.methods.registry import MethodContext, MethodSpec, register_method
 from hubprune.methods.width import WidthParams, select_width
 from hubprune.plan import Plan, Unit
@@ -61,13 +61,11 @@ def input_norms(ctx: MethodContext) -> dict[tuple[int, str], tuple[nn.Module, to
                     acc += x.pow(2).sum(dim=(0, 1)).to(acc.device)
 
                 hooks.append(module.register_forward_pre_hook(hook))
-    device = next(model.parameters()).device
-    backbone = adapter.decoder_model(model)
     try:
-        batches = ctx.calibration.batches(ctx.batch_size)
-        for ids, mask in tqdm(batches, desc="Wanda-SP input norms", unit="batch", leave=False):
-            current[:] = [mask.to(device)]
-            backbone(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        for _ in calibration_passes(
+            model, adapter, ctx.calibration, ctx.batch_size, "Wanda-SP input norms", current
+        ):
+            pass
     finally:
         for h in hooks:
             h.remove()
