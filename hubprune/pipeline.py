@@ -7,13 +7,14 @@ directly. Each returns plain objects (a Plan, a Manifest) that the next stage co
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hubprune import data as data_mod
 from hubprune import offline
 from hubprune.arch import ArchAdapter, adapter_for
+from hubprune.checkpoint import Checkpoint
 from hubprune.cost import budget_reached, model_cost
 from hubprune.data import CalibrationBatch, TextSource
 from hubprune.errors import RecipeError
@@ -132,10 +133,29 @@ def score(
     params = spec.make_params(method_params)
     calibration = calibration or CalibrationOptions()
     batch = calibrate(loaded, calibration, texts) if spec.needs_calibration else None
+    checkpoint = Checkpoint.for_run(
+        {
+            "source": loaded.source.to_dict(),
+            "folder": str(loaded.source.local_dir),
+            "method": method,
+            "params": asdict(params),
+            "budget": budget.to_dict() if budget else None,
+            "calibration": batch.info.token_ids_sha256 if batch is not None else None,
+            "seed": calibration.seed,
+            "batch_size": batch_size,
+        }
+    )
     ctx = MethodContext(
-        loaded.model, loaded.adapter, budget, batch, seed=calibration.seed, batch_size=batch_size
+        loaded.model,
+        loaded.adapter,
+        budget,
+        batch,
+        seed=calibration.seed,
+        batch_size=batch_size,
+        checkpoint=checkpoint,
     )
     plan = spec.plan_fn(ctx, params)
+    checkpoint.clear()  # the plan is complete: nothing left to resume
     return finish_plan(plan, loaded.model, loaded.adapter)
 
 

@@ -114,6 +114,8 @@ class Plan:
     calibration: Calibration | None = None
     seed: int | None = None
     search_cost: dict[str, Any] | None = None  # what a search method spent (FinerCut: FLOPs, passes, time)
+    #: An optimisation's objective per step (policy gradient: ``{"step", "loss", "baseline"}``).
+    curve: list[dict[str, float]] = field(default_factory=list)
     #: The dense model's widths (:class:`hubprune.shape.Dims`): what unit indices refer to.
     dims: dict[str, int] | None = None
     #: Tensors a method produces (per-channel scores, rotations): saved beside the manifest in

@@ -30,10 +30,19 @@ def token_nll(logits: torch.Tensor, input_ids: torch.Tensor, score_mask: torch.T
     `logits` [B, T, V] come from `input_ids` [B, T]; `score_mask` [B, T] marks target tokens
     (an attention mask scores every real token after the first).
     """
+    nll, count = row_nll(logits, input_ids, score_mask)
+    return float(nll.sum()), int(count.sum())
+
+
+def row_nll(
+    logits: torch.Tensor, input_ids: torch.Tensor, score_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of the batch, the summed next-token NLL of the targets `score_mask` marks and how
+    many there are (two [B] tensors; see :func:`token_nll`)."""
     targets = input_ids[:, 1:]
-    keep = score_mask[:, 1:].bool()
+    keep = score_mask[:, 1:].to(torch.float64)
     losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
-    return float(losses[keep].sum()), int(keep.sum())
+    return (losses.double() * keep).sum(dim=1), keep.sum(dim=1)
 
 
 @torch.no_grad()

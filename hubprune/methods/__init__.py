@@ -6,6 +6,7 @@ from hubprune.methods import (  # noqa: F401
     block_influence,
     finercut,
     perplexity,
+    policy_gradient,
     random_blocks,
     reverse_order,
     wanda_sp,

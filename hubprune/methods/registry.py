@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from hubprune.arch import ArchAdapter
+from hubprune.checkpoint import Checkpoint
 from hubprune.data import CalibrationBatch
 from hubprune.errors import BudgetError, RecipeError
 from hubprune.methods.budget import Budget
@@ -26,6 +27,8 @@ class MethodContext:
     calibration: CalibrationBatch | None = None
     seed: int = 0
     batch_size: int = 8
+    #: Where a long search saves its state to resume after a crash (:class:`hubprune.checkpoint.Checkpoint`).
+    checkpoint: Checkpoint | None = None
 
 
 @dataclass(frozen=True)

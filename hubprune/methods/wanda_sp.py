@@ -24,8 +24,8 @@ from torch import nn
 from hubprune.arch.adapter import CHANNELS, QUERY
 from hubprune.methods.capture import calibration_passes
 from hubprune.methods.registry import MethodContext, MethodSpec, register_method
-from hubprune.methods.width import WidthParams, select_width
-from hubprune.plan import Plan, Unit
+from hubprune.methods.width import WidthParams, select_width, width_plan
+from hubprune.plan import Plan
 from hubprune.shape import Dims
 
 
@@ -91,37 +91,17 @@ def plan_wanda_sp(ctx: MethodContext, params: WandaSPParams) -> Plan:
     """Score every KV group and channel, then remove under the budget (nothing without one)."""
     scores = wanda_sp_scores(ctx)
     removed = select_width(ctx, scores, params) if ctx.budget is not None else []
-    gone = {(u.kind, u.block): set(u.indices or ()) for u in removed}
-    head_scores = [
-        {
-            "unit": Unit("heads", b, (g,)),
-            "score": float(s),
-            "removed": g in gone.get(("heads", b), set()),
-        }
-        for b, block in enumerate(scores["heads"])
-        for g, s in enumerate(block.tolist())
-    ]
-    return Plan(
-        method="wanda-sp",
-        unit_kind="width",
-        removed=removed,
-        scores=head_scores,
-        score_meaning="sum over a KV group's o_proj columns of |W| x ||X||; the lowest are removed first "
+    plan = width_plan(
+        ctx,
+        "wanda-sp",
+        asdict(params),
+        removed,
+        scores["heads"],
+        "sum over a KV group's o_proj columns of |W| x ||X||; the lowest are removed first "
         "(per-channel scores: plan tensors wanda_sp.channels.<block>)",
-        params=asdict(params),
-        budget={
-            "requested": ctx.budget.to_dict() if ctx.budget else None,
-            "reached": {
-                "units_removed": {
-                    k: sum(len(u.indices or ()) for u in removed if u.kind == k)
-                    for k in ("heads", "channels")
-                },
-            },
-        },
-        calibration=ctx.calibration.info if ctx.calibration is not None else None,
-        seed=ctx.seed,
-        tensors={f"wanda_sp.channels.{b}": s.float() for b, s in enumerate(scores["channels"])},
     )
+    plan.tensors = {f"wanda_sp.channels.{b}": s.float() for b, s in enumerate(scores["channels"])}
+    return plan
 
 
 SPEC = register_method(

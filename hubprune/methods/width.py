@@ -28,7 +28,7 @@ from hubprune.cost import removal_savings
 from hubprune.errors import BudgetError, RecipeError
 from hubprune.methods.budget import BUDGET_WHAT
 from hubprune.methods.registry import MethodContext
-from hubprune.plan import Unit
+from hubprune.plan import Plan, Unit
 from hubprune.shape import Dims, Shape
 
 SCOPES = ("global", "uniform")
@@ -97,33 +97,31 @@ def _round_kept(kept: int, full: int, low: int, multiple: int) -> int:
     return max(low, min(full, kept))
 
 
-def select_width(
-    ctx: MethodContext, scores: dict[str, list[torch.Tensor]], params: WidthParams
-) -> list[Unit]:
-    """Removals meeting `ctx.budget` from per-block unit `scores` ({"heads": [tensor per block of
-    KV-group scores], "channels": [...]}), highest kept; see the module docstring."""
+def pool_fraction(ctx: MethodContext, params: WidthParams) -> tuple[list[str], float]:
+    """The pools that can serve `ctx.budget` and the fraction of each pool's units that goes
+    (every pool gives up the same fraction of what it can save; see the module docstring)."""
     assert ctx.budget is not None
     budget = ctx.budget
     dims = Dims.from_config(ctx.model.config)
     params.check(dims)
-    pools = params.pools()
+    asked = params.pools()
     sizes = _pool_sizes(dims)
-    minimum = {"heads": params.min_kv_groups, "channels": params.min_channels or params.multiple_of}
+    minimum = _minimum_widths(params)
     if budget.by == "units" and not isinstance(budget.amount, float):
         raise BudgetError("a width budget by units is a fraction below 1 of the heads and channels, e.g. 0.2")
-    savings = {pool: _unit_savings(ctx, pool, budget.by) for pool in pools}
+    savings = {pool: _unit_savings(ctx, pool, budget.by) for pool in asked}
     # A pool that saves nothing in the budget's kind (channels for the KV cache) is left alone.
-    pools = [pool for pool in pools if sum(savings[pool][0]) > 0]
+    pools = [pool for pool in asked if sum(savings[pool][0]) > 0]
+    if not pools:
+        raise BudgetError(
+            f"pruning {' and '.join(asked)} cannot reduce {BUDGET_WHAT[budget.by]}; "
+            + ("prune heads too (units=heads,channels)" if budget.by == "kv" else "choose another budget")
+        )
     if budget.by == "units":
         fraction = float(budget.amount)
     else:
-        dense_total = next(iter(savings.values()))[1]
+        dense_total = savings[pools[0]][1]
         prunable = sum(sum(savings[pool][0]) * sizes[pool] for pool in pools)
-        if not pools:
-            raise BudgetError(
-                f"pruning {' and '.join(pools)} cannot reduce {BUDGET_WHAT[budget.by]}; "
-                + ("prune heads too (units=heads,channels)" if budget.by == "kv" else "choose another budget")
-            )
         fraction = budget.amount * dense_total / prunable
     removable = min((sizes[p] - minimum[p]) / sizes[p] for p in pools)
     if fraction > removable + 1e-9:
@@ -131,10 +129,31 @@ def select_width(
             f"removing {budget.amount:.0%} of {BUDGET_WHAT[budget.by]} would leave blocks narrower than the "
             f"minimum widths (min_kv_groups={params.min_kv_groups}, min_channels={minimum['channels']})"
         )
+    return pools, fraction
+
+
+def _minimum_widths(params: WidthParams) -> dict[str, int]:
+    return {"heads": params.min_kv_groups, "channels": params.min_channels or params.multiple_of}
+
+
+def select_width(
+    ctx: MethodContext,
+    scores: dict[str, list[torch.Tensor]],
+    params: WidthParams,
+    *,
+    standardise: bool = True,
+) -> list[Unit]:
+    """Removals meeting `ctx.budget` from per-block unit `scores` ({"heads": [tensor per block of
+    KV-group scores], "channels": [...]}), highest kept; see the module docstring. Scores already
+    comparable across blocks (policy gradient's keep probabilities) pass `standardise=False`."""
+    pools, fraction = pool_fraction(ctx, params)
+    dims = Dims.from_config(ctx.model.config)
+    sizes, minimum = _pool_sizes(dims), _minimum_widths(params)
     units: list[Unit] = []
     for pool in pools:
+        per_unit = _unit_savings(ctx, pool, ctx.budget.by)[0]
         kept = _kept_counts(
-            scores[pool], savings[pool][0], fraction, sizes[pool], minimum[pool], params, pool
+            scores[pool], per_unit, fraction, sizes[pool], minimum[pool], params, pool, standardise
         )
         for b, count in enumerate(kept):
             order = torch.argsort(scores[pool][b].double(), stable=True)  # least important first
@@ -142,7 +161,9 @@ def select_width(
             if gone:
                 units.append(Unit(pool, b, tuple(gone)))
     if not units:
-        raise BudgetError(f"amount {budget.amount} removes nothing once widths are rounded to multiple_of")
+        raise BudgetError(
+            f"amount {ctx.budget.amount} removes nothing once widths are rounded to multiple_of"
+        )
     return sorted(units, key=lambda u: (u.block, u.kind))
 
 
@@ -161,6 +182,7 @@ def _kept_counts(
     low: int,
     params: WidthParams,
     pool: str,
+    standardise: bool = True,
 ) -> list[int]:
     """Units each block keeps so that the pool gives up `fraction` of its savings."""
     multiple = params.multiple_of if pool == "channels" else 1
@@ -173,7 +195,7 @@ def _kept_counts(
         (
             (float(s), b, i)
             for b, block in enumerate(scores)
-            for i, s in enumerate(standardised(block).tolist())
+            for i, s in enumerate((standardised(block) if standardise else block.double()).tolist())
         ),
         key=lambda t: (t[0], t[1], t[2]),
     )
@@ -187,3 +209,39 @@ def _kept_counts(
         kept[b] -= 1
         saved += per_unit[b]
     return [_round_kept(k, full, low, multiple) for k in kept]
+
+
+def width_plan(
+    ctx: MethodContext,
+    method: str,
+    params: dict,
+    removed: list[Unit],
+    head_scores: list[torch.Tensor] | None,
+    score_meaning: str,
+) -> Plan:
+    """The plan of a width method: its removals, one score per KV group (`head_scores`, per
+    block; per-channel scores go into the plan's tensors) and the units removed per pool."""
+    gone = {(u.kind, u.block): set(u.indices or ()) for u in removed}
+    scores = [
+        {"unit": Unit("heads", b, (g,)), "score": float(s), "removed": g in gone.get(("heads", b), set())}
+        for b, block in enumerate(head_scores or [])
+        for g, s in enumerate(block.tolist())
+    ]
+    return Plan(
+        method=method,
+        unit_kind="width",
+        removed=removed,
+        scores=scores,
+        score_meaning=score_meaning,
+        params=params,
+        budget={
+            "requested": ctx.budget.to_dict() if ctx.budget else None,
+            "reached": {
+                "units_removed": {
+                    k: sum(len(u.indices or ()) for u in removed if u.kind == k) for k in POOLS
+                },
+            },
+        },
+        calibration=ctx.calibration.info if ctx.calibration is not None else None,
+        seed=ctx.seed,
+    )
