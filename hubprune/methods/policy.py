@@ -36,19 +36,23 @@ NORMALISATIONS = ("sqrt", "reinforce")
 _VARIANCE_FLOOR = 1e-6
 
 
-def project_to_budget(probs: torch.Tensor, keep: float, iterations: int = 100) -> torch.Tensor:
-    """The Euclidean projection of `probs` onto {x in [0, 1]^N : sum(x) = keep}: ``clamp(probs - v,
-    0, 1)`` with the shift v found by bisection (the sum falls as v grows)."""
-    if not 0 <= keep <= probs.numel():
-        raise ValueError(f"cannot keep {keep} of {probs.numel()} units")
-    low, high = float(probs.min()) - 1.0, float(probs.max())
+def project_to_budget(
+    probs: torch.Tensor, keep: float, floor: float = 0.0, iterations: int = 100
+) -> torch.Tensor:
+    """The Euclidean projection of `probs` onto {x in [floor, 1 - floor]^N : sum(x) = keep}:
+    ``clamp(probs - v, floor, 1 - floor)`` with the shift v found by bisection (the sum falls as
+    v grows)."""
+    n = probs.numel()
+    if not floor * n <= keep <= (1 - floor) * n:
+        raise ValueError(f"cannot keep {keep} of {n} units with probabilities in [{floor}, {1 - floor}]")
+    low, high = float(probs.min()) - 1.0, float(probs.max()) + 1.0
     for _ in range(iterations):
         shift = (low + high) / 2
-        if float((probs - shift).clamp(0, 1).sum()) > keep:
+        if float((probs - shift).clamp(floor, 1 - floor).sum()) > keep:
             low = shift
         else:
             high = shift
-    return (probs - (low + high) / 2).clamp(0, 1)
+    return (probs - (low + high) / 2).clamp(floor, 1 - floor)
 
 
 def score_function_gradient(
@@ -72,14 +76,24 @@ def cosine_rate(rate: float, step: int, steps: int) -> float:
 @dataclass
 class Pool:
     """One kind of unit (heads, channels or blocks): its keep probabilities, the expected number
-    of units kept (the budget the projection holds), and its base learning rate."""
+    of units kept (the budget the projection holds), its base learning rate, and the floor that
+    keeps every probability in [floor, 1 - floor]. Without a floor a unit that reaches 0 or 1
+    always draws the same value, its gradient is 0 from then on and it can never come back."""
 
     probs: torch.Tensor
     keep: float
     lr: float
+    floor: float = 0.0
 
     def __post_init__(self) -> None:
-        self.probs = project_to_budget(self.probs.double().flatten(), self.keep)
+        n = self.probs.numel()
+        # A floor the budget cannot honour (removing 1 of 30 blocks at 0.05) shrinks to what it can.
+        self.floor = min(self.floor, self.keep / n / 2, (n - self.keep) / n / 2)
+        self.probs = self.project(self.probs.double().flatten())
+        self.velocity = torch.zeros_like(self.probs)
+
+    def project(self, probs: torch.Tensor) -> torch.Tensor:
+        return project_to_budget(probs, self.keep, self.floor)
         self.velocity = torch.zeros_like(self.probs)
 
 
@@ -135,7 +149,7 @@ class PolicySearch:
             grad = score_function_gradient(pool.probs, masks[name], losses, baseline, self.normalisation)
             pool.velocity = self.momentum * pool.velocity + grad
             rate = cosine_rate(pool.lr, self.step, self.steps)
-            pool.probs = project_to_budget(pool.probs - rate * pool.velocity, pool.keep)
+            pool.probs = pool.project(pool.probs - rate * pool.velocity)
         self.recent = (self.recent + [mean])[-self.baseline_window :]
         self.curve.append({"step": self.step + 1, "loss": mean, "baseline": baseline})
         self.step += 1

@@ -49,7 +49,8 @@ class PolicyGradientParams:
     """`--method-arg` options. `granularity`: heads, channels, heads,channels (the paper's main
     setting) or blocks; `k`: masks drawn per step (K); `lr`: the base learning rate of every pool
     (`lr_heads`, `lr_channels`, `lr_blocks` override it per pool); `normalisation`: ``sqrt``
-    (the released code) or ``reinforce``; `checkpoint_every`: steps between saved states (0:
+    (the released code) or ``reinforce``; `min_prob`: every keep probability stays in
+    [min_prob, 1 - min_prob] so that no unit stops being tried; `checkpoint_every`: steps between saved states (0:
     never); the width options as every width method."""
 
     granularity: str = "heads,channels"
@@ -63,6 +64,7 @@ class PolicyGradientParams:
     normalisation: str = "sqrt"
     baseline_window: int = 10
     init: str = "metric"
+    min_prob: float = 0.05
     masks_per_forward: int | None = None
     checkpoint_every: int = 25
     multiple_of: int = 1
@@ -88,6 +90,8 @@ class PolicyGradientParams:
             raise RecipeError(
                 f"normalisation must be one of {', '.join(NORMALISATIONS)}, got '{self.normalisation}'"
             )
+        if not isinstance(self.min_prob, int | float) or not 0 <= self.min_prob < 0.5:
+            raise RecipeError(f"min_prob must be in [0, 0.5), got {self.min_prob!r}")
         if self.init not in INITS:
             raise RecipeError(f"init must be one of {', '.join(INITS)}, got '{self.init}'")
         if not _whole(self.baseline_window) or self.baseline_window < 1:
@@ -171,14 +175,14 @@ def initial_pools(
     """The starting policy: sigmoid of the metric's z-scores shifted onto the budget, or uniform;
     also the metric's z-scores (None when uniform)."""
     sizes = _pool_sizes(ctx)
-    pools = list(keep)
     if params.init == "uniform":
         metric = None
-        start = {p: torch.full(sizes[p], keep[p] / (sizes[p][0] * sizes[p][1])) for p in pools}
+        start = {p: torch.full(sizes[p], keep[p] / (sizes[p][0] * sizes[p][1])) for p in keep}
     else:
-        metric = _metric_scores(ctx, pools)
-        start = {p: torch.sigmoid(metric[p]) for p in pools}
-    return {p: Pool(start[p].flatten(), keep[p], params.pool_lr(p)) for p in pools}, metric
+        metric = _metric_scores(ctx, list(keep))
+        start = {p: torch.sigmoid(metric[p]) for p in keep}
+    pools = {p: Pool(start[p].flatten(), keep[p], params.pool_lr(p), params.min_prob) for p in keep}
+    return pools, metric
 
 
 def _row_masks(
