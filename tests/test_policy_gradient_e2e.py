@@ -60,10 +60,13 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "text.txt").write_text(
         "\n".join(SAMPLE_TEXT[i : i + 200] for i in range(0, len(SAMPLE_TEXT), 200))
     )
+    (root / "one-window.txt").write_text(SAMPLE_TEXT[:32])  # 32 tokens: every seed cuts the same windows
     return root
 
 
-def _argv(root: Path, granularity: str, out: Path, *extra: str, steps: int = 6) -> list[str]:
+def _argv(
+    root: Path, granularity: str, out: Path, *extra: str, steps: int = 6, text: str = "text.txt"
+) -> list[str]:
     family, budget = CASES[granularity]
     return [
         "prune",
@@ -76,7 +79,7 @@ def _argv(root: Path, granularity: str, out: Path, *extra: str, steps: int = 6) 
         "--method-arg",
         f"steps={steps}",
         "--calibration",
-        str(root / "text.txt"),
+        str(root / text),
         "--samples",
         "4",
         "--seq-len",
@@ -180,18 +183,21 @@ def test_eval_recover_card_and_publish_on_a_compact_export(
     assert "hubprune: error" not in capsys.readouterr().err
 
 
-def test_same_seed_same_mask_other_seed_other_search(run, root: Path, tmp_path: Path) -> None:
-    """Would catch a search that ignores the seed (unseeded sampling) or is not reproducible."""
-    first = run("heads,channels", "plain")
-    assert main(_argv(root, "heads,channels", tmp_path / "again")) == 0
-    assert main(_argv(root, "heads,channels", tmp_path / "seed1", "--seed", "1")) == 0
-    again, other = Manifest.load(tmp_path / "again"), Manifest.load(tmp_path / "seed1")
-    assert again.plan.removed == Manifest.load(first).plan.removed
-    assert again.plan.curve == Manifest.load(first).plan.curve
-    for name, probs in _probabilities(first).items():
+def test_same_seed_same_mask_other_seed_other_search(root: Path, tmp_path: Path) -> None:
+    """Would catch a search that ignores the seed (unseeded or fixed-seed sampling) or is not
+    reproducible. The calibration text is one window long, so both seeds see the same tokens."""
+    runs = {}
+    for name, seed in (("first", "0"), ("again", "0"), ("other", "1")):
+        argv = _argv(root, "heads,channels", tmp_path / name, "--seed", seed, text="one-window.txt")
+        assert main(argv) == 0
+        runs[name] = Manifest.load(tmp_path / name).plan
+    first, again, other = runs["first"], runs["again"], runs["other"]
+    assert first.calibration.token_ids_sha256 == other.calibration.token_ids_sha256, "the test lost its point"
+    assert again.removed == first.removed and again.curve == first.curve
+    for name, probs in _probabilities(tmp_path / "first").items():
         assert torch.equal(_probabilities(tmp_path / "again")[name], probs)
-        assert not torch.equal(_probabilities(tmp_path / "seed1")[name], probs)
-    assert [p["loss"] for p in other.plan.curve] != [p["loss"] for p in again.plan.curve]
+        assert not torch.equal(_probabilities(tmp_path / "other")[name], probs), name
+    assert [p["loss"] for p in other.curve] != [p["loss"] for p in first.curve]
 
 
 def test_sigkill_after_a_checkpoint_resumes_to_the_same_mask(root: Path, tmp_path: Path, monkeypatch) -> None:
