@@ -8,6 +8,11 @@ safetensors weights are memory-mapped and only become resident when read, so a b
 
     python bench/prune_memory.py                       # SmolLM2-135M offline, block influence, 6 blocks
     python bench/prune_memory.py --source owner/name --method angular --amount 0.25
+    python bench/prune_memory.py --method policy-gradient --amount 0.2 --budget-by params \
+        --method-arg granularity=heads,channels --method-arg steps=3 --samples 4
+
+A method that keeps no weight copy but evaluates several masks per forward (policy gradient)
+is held to <= 1.5 instead: its activations and logits scale with K x batch rows.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ def child(mode: str, args: argparse.Namespace) -> None:
                 "--out",
                 f"{tmp}/out",
             ]
+            if args.budget_by:
+                argv += ["--budget-by", args.budget_by]
+            for item in args.method_arg:
+                argv += ["--method-arg", item]
             argv += [
                 "--calibration",
                 args.calibration,
@@ -75,6 +84,10 @@ def main() -> None:
     parser.add_argument("--source", default="offline:smollm2-135m-instruct")
     parser.add_argument("--method", default="block-influence")
     parser.add_argument("--amount", default="6")
+    parser.add_argument("--budget-by", default=None, help="passed to prune (default: prune's own)")
+    parser.add_argument(
+        "--method-arg", action="append", default=[], metavar="KEY=VALUE", help="passed to prune; repeatable"
+    )
     parser.add_argument("--calibration", default="offline:lee-background")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=256)
@@ -87,12 +100,16 @@ def main() -> None:
     measure("load", forwarded)  # warm the conversion cache so neither run pays for it
     load_mib = measure("load", forwarded)
     prune_mib = measure("prune", forwarded)
+    budget = f" by {args.budget_by}" if args.budget_by else ""
+    extra = f"  method args: {' '.join(args.method_arg)}" if args.method_arg else ""
     print(
-        f"source: {args.source}  method: {args.method}  amount: {args.amount}  calibration: {args.samples}x{args.seq_len}"
+        f"source: {args.source}  method: {args.method}  amount: {args.amount}{budget}  "
+        f"calibration: {args.samples}x{args.seq_len}{extra}"
     )
     print(f"peak RSS, load only : {load_mib:8.1f} MiB")
     print(f"peak RSS, prune     : {prune_mib:8.1f} MiB")
-    print(f"ratio prune / load  : {prune_mib / load_mib:8.2f}  (target <= 1.3)")
+    target = 1.5 if args.method == "policy-gradient" else 1.3
+    print(f"ratio prune / load  : {prune_mib / load_mib:8.2f}  (target <= {target})")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from hubprune.errors import BudgetError, RecipeError
-from hubprune.evaluation.perplexity import TOKENS_PER_FORWARD, row_nll
+from hubprune.evaluation.perplexity import row_nll
 from hubprune.methods.block_influence import block_influence_scores
 from hubprune.methods.blocks import block_plan
 from hubprune.methods.policy import NORMALISATIONS, PolicySearch, Pool
@@ -42,6 +42,10 @@ from hubprune.transforms import gated, masked
 
 GRANULARITIES = ("heads", "channels", "heads,channels", "blocks")
 INITS = ("metric", "uniform")
+#: Tokens whose logits are scored at once (whole rows, one at least). The [tokens, vocab] fp32
+#: logits and the two copies cross-entropy makes of them dominate the peak memory (3 x 192 MiB at
+#: 1024 tokens and a 49K vocabulary: more than the K x batch rows of the masked forward).
+LOGIT_TOKENS = 256
 
 
 @dataclass
@@ -260,7 +264,7 @@ class MaskedLoss:
             hidden = self.backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         nll = torch.empty(ids.shape[0], dtype=torch.float64)
         count = torch.empty(ids.shape[0], dtype=torch.float64)
-        for lo, hi in _chunks(ids.shape[0], max(1, TOKENS_PER_FORWARD // ids.shape[1])):
+        for lo, hi in _chunks(ids.shape[0], max(1, LOGIT_TOKENS // ids.shape[1])):
             logits = self.adapter.final_logits(self.model.config, self.head(hidden[lo:hi]))
             row, n = row_nll(logits, ids[lo:hi], mask[lo:hi])
             nll[lo:hi], count[lo:hi] = row.cpu(), n.cpu()
