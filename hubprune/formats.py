@@ -54,6 +54,10 @@ class ExportFormat:
 
 # -- plain ----------------------------------------------------------------------------------------
 
+#: `--device auto`: accelerate's big-model placement (``device_map="auto"``) for a model that needs
+#: several GPUs; native checkpoints only.
+DEVICE_MAP_AUTO = "auto"
+
 
 def _is_native(config: dict[str, Any]) -> bool:
     from hubprune.arch import supported_model_types
@@ -64,6 +68,8 @@ def _is_native(config: dict[str, Any]) -> bool:
 def _load_plain(folder: Path, *, dtype: Any, device: str, **options: Any) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
+    if device == DEVICE_MAP_AUTO:  # accelerate spreads the blocks over every GPU (then CPU)
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map="auto", **options).eval()
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **options)
     return model.to(device).eval()
 

@@ -147,15 +147,19 @@ def load_model(
     from transformers import AutoTokenizer
 
     from hubprune.arch import adapter_for
-    from hubprune.formats import format_of
+    from hubprune.formats import DEVICE_MAP_AUTO, PLAIN, format_of
 
     device = device or default_device()
     try:
-        torch.device(device)
+        torch.device(device if device != DEVICE_MAP_AUTO else "cpu")
     except RuntimeError as err:
-        raise RecipeError(f"'{device}' is not a device torch knows (cpu, cuda, cuda:1, mps, ...)") from err
+        raise RecipeError(
+            f"'{device}' is not a device torch knows (cpu, cuda, cuda:1, mps, ..., or auto for several GPUs)"
+        ) from err
     config = read_model_config(source.local_dir, source.spec)
     adapter_for(config)
+    if device == DEVICE_MAP_AUTO and format_of(config) is not PLAIN:
+        raise RecipeError(f"--device auto loads native checkpoints only; {source.spec} is a compact export")
     if not allow_pickle and not any(source.local_dir.glob("*.safetensors")):
         raise SourceError(
             f"{source.spec} has no safetensors weights (pickled .bin weights load only with --allow-pickle)"

@@ -245,9 +245,9 @@ class _Gate(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         out = self.inner(*args, **kwargs)
-        if isinstance(out, tuple):
-            return (out[0] * self.gate, *out[1:])
-        return out * self.gate
+        first = out[0] if isinstance(out, tuple) else out
+        gated = first * self.gate.to(first.device)  # a no-op unless accelerate put the block elsewhere
+        return (gated, *out[1:]) if isinstance(out, tuple) else gated
 
 
 def _set(root: nn.Module, dotted: str, module: nn.Module) -> None:

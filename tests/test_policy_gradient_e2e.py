@@ -254,3 +254,26 @@ def test_bad_input_is_one_clear_line(
     err = [line for line in capsys.readouterr().err.strip().splitlines() if "it/s]" not in line]
     assert len(err) == 1 and err[0].startswith("hubprune: error: ") and message in err[0], err
     assert not out.exists()
+
+
+def test_device_auto_places_the_model_with_accelerate_and_searches(
+    root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """`--device auto` loads through accelerate's device_map="auto" (here: every block on the
+    CPU, the only device) and the search, masks and gates run there; the plan equals the one of
+    an ordinary CPU run."""
+    from transformers import AutoModelForCausalLM
+
+    placed = []
+    real = AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        placed.append(kwargs.get("device_map"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    assert main(_argv(root, "blocks", tmp_path / "auto", "--device", "auto", "--dtype", "float32")) == 0
+    assert placed == ["auto"]
+    assert main(_argv(root, "blocks", tmp_path / "cpu", "--device", "cpu")) == 0
+    auto, cpu = (Manifest.load(tmp_path / name).plan for name in ("auto", "cpu"))
+    assert auto.removed == cpu.removed and auto.curve == cpu.curve

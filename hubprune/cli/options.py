@@ -20,7 +20,11 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "float32", "bfloat16", "float16"],
         help="weights dtype; auto = float32 on CPU, the checkpoint's dtype on GPU (default: auto)",
     )
-    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    group.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1, ... (default: cuda if available); auto: spread over every GPU (accelerate)",
+    )
     group.add_argument(
         "--allow-pickle", action="store_true", help="also download and load pickled .bin weights"
     )

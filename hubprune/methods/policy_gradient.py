@@ -68,7 +68,7 @@ class PolicyGradientParams:
     normalisation: str = "sqrt"
     baseline_window: int = 10
     init: str = "metric"
-    min_prob: float = 0.05
+    min_prob: float = 0.01
     masks_per_forward: int | None = None
     checkpoint_every: int = 25
     multiple_of: int = 1
@@ -223,10 +223,13 @@ class MaskedLoss:
         self.model, self.adapter = ctx.model, ctx.adapter
         self.batches = list(ctx.calibration.batches(ctx.batch_size))
         self.sizes = _pool_sizes(ctx)
-        self.device = next(self.model.parameters()).device
+        # Under `--device auto` the blocks may sit on several GPUs: inputs go where the embeddings
+        # are, logits are made where the head is.
+        embed = self.model.get_submodule(self.adapter.embed).weight
+        self.device, self.dtype = embed.device, embed.dtype
         self.backbone = self.adapter.decoder_model(self.model)
         self.head = self.model.get_submodule(self.adapter.lm_head)
-        self.dtype = next(self.model.parameters()).dtype
+        self.head_device = self.head.weight.device
 
     def __call__(self, masks: dict[str, torch.Tensor], step: int) -> torch.Tensor:
         input_ids, attention_mask = self.batches[step % len(self.batches)]
@@ -265,8 +268,10 @@ class MaskedLoss:
         nll = torch.empty(ids.shape[0], dtype=torch.float64)
         count = torch.empty(ids.shape[0], dtype=torch.float64)
         for lo, hi in _chunks(ids.shape[0], max(1, LOGIT_TOKENS // ids.shape[1])):
-            logits = self.adapter.final_logits(self.model.config, self.head(hidden[lo:hi]))
-            row, n = row_nll(logits, ids[lo:hi], mask[lo:hi])
+            logits = self.adapter.final_logits(
+                self.model.config, self.head(hidden[lo:hi].to(self.head_device))
+            )
+            row, n = row_nll(logits, ids[lo:hi].to(self.head_device), mask[lo:hi].to(self.head_device))
             nll[lo:hi], count[lo:hi] = row.cpu(), n.cpu()
         return nll.view(sets, rows).sum(1) / count.view(sets, rows).sum(1).clamp_min(1)
 

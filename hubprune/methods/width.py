@@ -108,7 +108,9 @@ def pool_fraction(ctx: MethodContext, params: WidthParams) -> tuple[list[str], f
     sizes = _pool_sizes(dims)
     minimum = _minimum_widths(params)
     if budget.by == "units" and not isinstance(budget.amount, float):
-        raise BudgetError("a width budget by units is a fraction below 1 of the heads and channels, e.g. 0.2")
+        raise BudgetError(
+            f"a width budget by units is a fraction below 1 of the {' and '.join(asked)}, e.g. 0.2"
+        )
     savings = {pool: _unit_savings(ctx, pool, budget.by) for pool in asked}
     # A pool that saves nothing in the budget's kind (channels for the KV cache) is left alone.
     pools = [pool for pool in asked if sum(savings[pool][0]) > 0]
@@ -125,9 +127,13 @@ def pool_fraction(ctx: MethodContext, params: WidthParams) -> tuple[list[str], f
         fraction = budget.amount * dense_total / prunable
     removable = min((sizes[p] - minimum[p]) / sizes[p] for p in pools)
     if fraction > removable + 1e-9:
+        floors = {
+            "heads": f"min_kv_groups={minimum['heads']}",
+            "channels": f"min_channels={minimum['channels']}",
+        }
         raise BudgetError(
             f"removing {budget.amount:.0%} of {BUDGET_WHAT[budget.by]} would leave blocks narrower than the "
-            f"minimum widths (min_kv_groups={params.min_kv_groups}, min_channels={minimum['channels']})"
+            f"minimum widths ({', '.join(floors[p] for p in pools)})"
         )
     return pools, fraction
 
