@@ -610,7 +610,8 @@ def _web_link(url: Any) -> str | None:
 
 def search_cost_record(run_dir: Path, manifest: Manifest) -> dict[str, Any] | None:
     """The search's cost record (``plan.search_cost``: FinerCut's engine statistics, policy
-    gradient's steps and forward passes), None for methods without one; read from ``hubprune.json`` when this Plan class predates the field."""
+    gradient's steps and forward passes), None for methods without one; read from
+    ``hubprune.json`` when this Plan class predates the field."""
     record = getattr(manifest.plan, "search_cost", None)
     if record is None and (Path(run_dir) / MANIFEST_NAME).is_file():
         raw = json.loads((Path(run_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
