@@ -26,7 +26,7 @@ from typing import Any
 from hubprune import __version__
 from hubprune.describe import block_widths, params_change, plan_shape, removal, summary, zero_filled
 from hubprune.hub import validate_repo_id
-from hubprune.layer_map import LAYER_MAP_NAME, TRACE_PLOT_NAME, pictures, write_pictures
+from hubprune.layer_map import LAYER_MAP_NAME, LOSS_CURVE_NAME, TRACE_PLOT_NAME, pictures, write_pictures
 from hubprune.plan import MANIFEST_NAME, Manifest, Plan, Unit
 from hubprune.redact import public_record
 
@@ -369,7 +369,11 @@ def _method_info(name: str) -> dict[str, str]:
 
 
 def unit_label(unit: Unit) -> str:
-    """`block 3`, `attention 12`, `MLP 7`: unit names as a reader of the card expects them."""
+    """`block 3`, `attention 12`, `MLP 7`, `block 2 KV group 1` (one scored head group or channel
+    of a width plan): unit names as a reader of the card expects them."""
+    single = {"heads": "KV group", "channels": "channel"}.get(unit.kind)
+    if single is not None and unit.indices is not None and len(unit.indices) == 1:
+        return f"block {unit.block} {single} {unit.indices[0]}"
     return {"attn": "attention", "mlp": "MLP"}.get(unit.kind, unit.kind) + f" {unit.block}"
 
 
@@ -441,7 +445,7 @@ def budget_record(plan: Plan) -> dict[str, Any] | None:
         elif isinstance(amount, float) and amount < 1:
             asked = f"{100 * amount:g}% of the {what}"
         else:
-            asked = f"{amount} {what}"
+            asked = f"{amount} {what.removesuffix('s') if amount == 1 else what}"
     rows = []
     if _is_num(reached.get("units_removed")) and _is_num(reached.get("units_total")):
         total = reached["units_total"]
@@ -605,8 +609,9 @@ def _web_link(url: Any) -> str | None:
 
 
 def search_cost_record(run_dir: Path, manifest: Manifest) -> dict[str, Any] | None:
-    """The search's cost record (``plan.search_cost``, FinerCut's engine statistics), None for
-    methods without one; read from ``hubprune.json`` when this Plan class predates the field."""
+    """The search's cost record (``plan.search_cost``: FinerCut's engine statistics, policy
+    gradient's steps and forward passes), None for methods without one; read from
+    ``hubprune.json`` when this Plan class predates the field."""
     record = getattr(manifest.plan, "search_cost", None)
     if record is None and (Path(run_dir) / MANIFEST_NAME).is_file():
         raw = json.loads((Path(run_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
@@ -629,12 +634,54 @@ def naive_search_flops(flops_per_row: Mapping[str, Any], evaluations: int, rows:
     return float(evaluations * rows * per_pass)
 
 
+# How a policy-gradient search normalised its gradient estimate (``plan.search_cost["normalisation"]``).
+NORMALISATION_TEXT = {
+    "sqrt": "the estimate divided by √(s(1−s)), as in the released code",
+    "reinforce": "the estimate divided by s(1−s), textbook REINFORCE",
+}
+
+
 def search_cost_summary(plan: Plan, record: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The card's search-cost line: candidates evaluated, forward FLOPs against the official naive
-    search's (measured when the naive engine ran, else computed from the measured per-sublayer
-    costs) and wall time; None without a record."""
-    if not record or not _is_num(record.get("forward_flops")):
+    """The card's search-cost line (its `kind` says which sentence): for a candidate search
+    (FinerCut, a record with `forward_flops`), see :func:`candidate_search_cost`; for an
+    optimisation (policy gradient, a record with `steps` and `forward_passes`), see
+    :func:`optimisation_cost`; None without a record."""
+    if not record:
         return None
+    if _is_num(record.get("forward_flops")):
+        return candidate_search_cost(plan, record)
+    if _is_num(record.get("steps")) and _is_num(record.get("forward_passes")):
+        return optimisation_cost(record)
+    return None
+
+
+def optimisation_cost(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What an optimisation spent, as the card says it: steps, masks per step, masked forward
+    passes, calibration tokens, the initialising metric's passes, wall time, the gradient
+    normalisation, and the step a resumed run started at (its wall time covers only the rest)."""
+
+    def num(key: str) -> Any:
+        return record.get(key) if _is_num(record.get(key)) else None
+
+    normalisation = record.get("normalisation")
+    return {
+        "kind": "optimisation",
+        "steps": num("steps"),
+        "masks_per_step": num("masks_per_step"),
+        "forward_passes": num("forward_passes"),
+        "init_forward_passes": num("init_forward_passes") or None,
+        "tokens_seen": num("tokens_seen"),
+        "wall_s": num("wall_s"),
+        "normalisation": normalisation if isinstance(normalisation, str) else None,
+        "normalisation_text": NORMALISATION_TEXT.get(str(normalisation)),
+        "resumed_from_step": num("resumed_from_step") or None,
+    }
+
+
+def candidate_search_cost(plan: Plan, record: Mapping[str, Any]) -> dict[str, Any]:
+    """What a candidate search spent: candidates evaluated, forward FLOPs against the official
+    naive search's (measured when the naive engine ran, else computed from the measured
+    per-sublayer costs) and wall time."""
     flops, engine = float(record["forward_flops"]), str(record.get("engine", ""))
     evaluations = candidate_evaluations(plan)
     naive = flops if engine == "naive" else None
@@ -642,6 +689,7 @@ def search_cost_summary(plan: Plan, record: Mapping[str, Any] | None) -> dict[st
     if naive is None and isinstance(per_row, dict) and plan.calibration is not None and evaluations:
         naive = naive_search_flops(per_row, evaluations, plan.calibration.samples)
     return {
+        "kind": "candidates",
         "engine": engine,
         "candidates": evaluations,
         "flops": flops,
@@ -722,6 +770,7 @@ def build_context(
         "layer_map": LAYER_MAP_NAME,
         "trace_plot": TRACE_PLOT_NAME if drawn[TRACE_PLOT_NAME] is not None else None,
         "trace_value_name": _trace_value_name(plan),
+        "loss_curve": LOSS_CURVE_NAME if drawn[LOSS_CURVE_NAME] is not None else None,
         "search_cost": search_cost_summary(plan, search_cost_record(folder, manifest)),
         "export": export,
         "remote_code": _remote_code(manifest.export),

@@ -1,6 +1,6 @@
-"""Pictures for the model card: the layer stack with removed units, and a search trace plot.
+"""Pictures for the model card: the layer stack with removed units, a search trace plot, a loss curve.
 
-Both are small hand-written SVG files (no plotting library, so the output is byte-for-byte
+All are small hand-written SVG files (no plotting library, so the output is byte-for-byte
 deterministic and a card snapshot test can compare it). They are written into the run folder,
 which is the future Hub repo, and the card links them by relative path so the Hub renders them.
 
@@ -10,6 +10,8 @@ which is the future Hub repo, and the card links them by relative path so the Hu
   is an orange bar as tall as the share it keeps, labelled "kept/base" (e.g. 6/9, 1152/1536).
 * :func:`trace_svg` plots the search objective (e.g. FinerCut's divergence) against the number
   of units removed so far, for plans that carry a trace.
+* :func:`curve_svg` plots an optimisation's loss per step and its moving-average baseline, for
+  plans that carry a curve (policy gradient). Both plots share one drawing helper (`_line_plot`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from hubprune.shape import BlockShape, Shape
 
 LAYER_MAP_NAME = "layer_map.svg"
 TRACE_PLOT_NAME = "search_trace.svg"
+LOSS_CURVE_NAME = "loss_curve.svg"
+#: Every picture a card may link, in the order `hubprune card` lists them.
+PICTURE_NAMES = (LAYER_MAP_NAME, TRACE_PLOT_NAME, LOSS_CURVE_NAME)
 
 _KEPT = "#9ecae1"
 _REMOVED = "#e34a33"
@@ -60,13 +65,13 @@ def _rows(shape: Shape) -> list[_Row]:
     ]
 
 
-def _fmt(value: float) -> str:
-    """A short number for a label: 3 significant digits, no exponent for ordinary values."""
+def _fmt(value: float, digits: int = 3) -> str:
+    """A short number for a label: `digits` significant digits, no exponent for ordinary values."""
     if value == 0:
         return "0"
     if abs(value) >= 1e4 or abs(value) < 1e-3:
-        return f"{value:.2e}"
-    return f"{value:.3g}"
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{digits}g}"
 
 
 def _cell_state(row: _Row, block: BlockShape | None) -> tuple[int, str]:
@@ -83,7 +88,7 @@ def _cell_title(row: _Row, index: int, block: BlockShape | None, kept: int, stat
         return f"{name}: {state}"
     text = f"{name}: {kept} of {row.total} {row.noun} kept"
     if row.label == "attention":
-        text += f" ({block.num_key_value_heads} KV heads)"
+        text += f" ({block.num_key_value_heads} KV head{'s' if block.num_key_value_heads != 1 else ''})"
     return text
 
 
@@ -206,18 +211,30 @@ def trace_points(plan: Plan) -> list[tuple[int, float, str]]:
     return points
 
 
-def trace_svg(plan: Plan, *, value_name: str = "objective") -> str | None:
-    """A line plot of the search objective against the number of removed units, or None."""
-    sublayers = any(u.kind in ("attn", "mlp") for u in plan.removed)  # a trace counts units, not widths
-    x_label = f"{'sublayers' if sublayers else 'units'} removed"
-    points = trace_points(plan)
-    if not points:
-        return None
+@dataclass(frozen=True)
+class _Series:
+    """One line of a plot: its points (x, y, tooltip), colour, legend text ("" for none), and
+    whether it is dashed and has a marker at each point (the marker carries the tooltip)."""
+
+    points: list[tuple[int, float, str]]
+    colour: str
+    legend: str = ""
+    dashed: bool = False
+    markers: bool = True
+
+
+def _line_plot(
+    series: list[_Series], *, title: str, x_label: str, y_label: str, from_zero: bool, digits: int = 3
+) -> str:
+    """An SVG line plot of `series` over whole-number x from 0: three y ticks (`digits`
+    significant digits), at most ~10 x ticks, the y axis from 0 when `from_zero` (else from the
+    lowest value), a legend row on top for series that have legend text. Shared by the trace
+    plot and the loss curve."""
     w, h, left, right, top, bottom = 520, 300, 70, 20, 30, 50
-    xs = [p[0] for p in points]
-    ys = [p[1] for p in points]
+    xs = [p[0] for s in series for p in s.points]
+    ys = [p[1] for s in series for p in s.points]
     x_lo, x_hi = 0, max(xs)
-    y_lo, y_hi = min(0.0, min(ys)), max(ys)
+    y_lo, y_hi = (min(0.0, min(ys)) if from_zero else min(ys)), max(ys)
     if y_hi == y_lo:
         y_hi = y_lo + 1.0
 
@@ -229,7 +246,7 @@ def trace_svg(plan: Plan, *, value_name: str = "objective") -> str | None:
 
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img">',
-        f"<title>{escape(value_name)} vs. units removed ({escape(plan.method)})</title>",
+        f"<title>{escape(title)}</title>",
         f'<rect width="{w}" height="{h}" fill="#ffffff"/>',
         f'<line x1="{left}" y1="{h - bottom}" x2="{w - right}" y2="{h - bottom}" stroke="{_TEXT}"/>',
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}" stroke="{_TEXT}"/>',
@@ -238,7 +255,7 @@ def trace_svg(plan: Plan, *, value_name: str = "objective") -> str | None:
         value = y_lo + frac * (y_hi - y_lo)
         out.append(
             f'<text x="{left - 6}" y="{py(value) + 4:.1f}" font-size="10" text-anchor="end" {_FONT} '
-            f'fill="{_TEXT}">{_fmt(value)}</text>'
+            f'fill="{_TEXT}">{_fmt(value, digits)}</text>'
         )
     tick = max(1, math.ceil(x_hi / 10))
     for x in range(0, x_hi + 1, tick):
@@ -246,39 +263,97 @@ def trace_svg(plan: Plan, *, value_name: str = "objective") -> str | None:
             f'<text x="{px(x):.1f}" y="{h - bottom + 16}" font-size="10" text-anchor="middle" {_FONT} '
             f'fill="{_TEXT}">{x}</text>'
         )
-    line = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y, _ in points)
-    out.append(f'<polyline points="{line}" fill="none" stroke="{_REMOVED}" stroke-width="2"/>')
-    for x, y, label in points:
-        out.append(
-            f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{_REMOVED}">'
-            f"<title>step {x}: {escape(label)} ({_fmt(y)})</title></circle>"
-        )
+    for s in series:
+        line = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y, _ in s.points)
+        dash = ' stroke-dasharray="6 4"' if s.dashed else ""
+        out.append(f'<polyline points="{line}" fill="none" stroke="{s.colour}" stroke-width="2"{dash}/>')
+        if s.markers:
+            for x, y, tip in s.points:
+                out.append(
+                    f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{s.colour}">'
+                    f"<title>{escape(tip)}</title></circle>"
+                )
     out.append(
         f'<text x="{(left + w - right) / 2:.1f}" y="{h - 12}" font-size="12" text-anchor="middle" {_FONT} '
-        f'fill="{_TEXT}">{x_label}</text>'
+        f'fill="{_TEXT}">{escape(x_label)}</text>'
     )
     out.append(
         f'<text x="16" y="{(top + h - bottom) / 2:.1f}" font-size="12" text-anchor="middle" {_FONT} '
-        f'fill="{_TEXT}" transform="rotate(-90 16 {(top + h - bottom) / 2:.1f})">{escape(value_name)}</text>'
+        f'fill="{_TEXT}" transform="rotate(-90 16 {(top + h - bottom) / 2:.1f})">{escape(y_label)}</text>'
     )
+    x = left
+    for s in (s for s in series if s.legend):
+        dash = ' stroke-dasharray="6 4"' if s.dashed else ""
+        out.append(
+            f'<line x1="{x}" y1="14" x2="{x + 20}" y2="14" stroke="{s.colour}" stroke-width="2"{dash}/>'
+        )
+        out.append(
+            f'<text x="{x + 26}" y="18" font-size="11" {_FONT} fill="{_TEXT}">{escape(s.legend)}</text>'
+        )
+        x += 40 + 6 * len(s.legend)
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
 
+def trace_svg(plan: Plan, *, value_name: str = "objective") -> str | None:
+    """A line plot of the search objective against the number of removed units, or None."""
+    sublayers = any(u.kind in ("attn", "mlp") for u in plan.removed)  # a trace counts units, not widths
+    points = trace_points(plan)
+    if not points:
+        return None
+    line = [(x, y, f"step {x}: {label} ({_fmt(y)})") for x, y, label in points]
+    return _line_plot(
+        [_Series(line, _REMOVED)],
+        title=f"{value_name} vs. units removed ({plan.method})",
+        x_label=f"{'sublayers' if sublayers else 'units'} removed",
+        y_label=value_name,
+        from_zero=True,
+    )
+
+
+def curve_svg(plan: Plan) -> str | None:
+    """A line plot of an optimisation's loss per step (the mean loss of the step's sampled masks)
+    and its moving-average baseline, for plans with a `curve` (policy gradient); else None."""
+    points = [
+        (int(p["step"]), float(p["loss"]), float(p["baseline"]))
+        for p in plan.curve
+        if all(
+            isinstance(p.get(k), int | float) and math.isfinite(p[k]) for k in ("step", "loss", "baseline")
+        )
+    ]
+    if not points:
+        return None
+    # Losses move in the third digit late in a search: 4 significant digits tell the ticks apart.
+    loss = [(step, value, f"step {step}: loss {_fmt(value, 4)}") for step, value, _ in points]
+    baseline = [(step, value, "") for step, _, value in points]
+    return _line_plot(
+        [
+            _Series(loss, _REMOVED, "mean loss of the step's masks", markers=len(points) <= 50),
+            _Series(baseline, "#3182bd", "moving-average baseline", dashed=True, markers=False),
+        ],
+        title=f"loss per optimisation step ({plan.method})",
+        x_label="optimisation step",
+        y_label="loss (mean next-token NLL)",
+        from_zero=False,
+        digits=4,
+    )
+
+
 def pictures(plan: Plan, num_blocks: int, *, value_name: str = "objective") -> dict[str, str | None]:
-    """File name -> SVG text of the card's pictures: the layer map, and the trace plot (None
-    when the plan has no trace, meaning "remove a stale one")."""
+    """File name -> SVG text of the card's pictures: the layer map, the trace plot and the loss
+    curve (each of the last two None when the plan has no trace / curve: "remove a stale one")."""
     return {
         LAYER_MAP_NAME: layer_map_svg(plan, num_blocks),
         TRACE_PLOT_NAME: trace_svg(plan, value_name=value_name),
+        LOSS_CURVE_NAME: curve_svg(plan),
     }
 
 
 def write_pictures(
     plan: Plan, num_blocks: int, run_dir: str | Path, *, value_name: str = "objective"
 ) -> dict[str, str | None]:
-    """Write the layer map and, when the plan has a trace, the trace plot into `run_dir`;
-    returns the pictures as :func:`pictures` does."""
+    """Write the layer map and, when the plan has them, the trace plot and the loss curve into
+    `run_dir`; returns the pictures as :func:`pictures` does."""
     folder = Path(run_dir)
     drawn = pictures(plan, num_blocks, value_name=value_name)
     for name, svg in drawn.items():

@@ -70,7 +70,7 @@ def test_layer_map_draws_each_block_width(widths):
     assert ">attention</text>" in svg and ">MLP</text>" in svg
     labels = re.findall(r">(\d+/\d+)</text>", svg)
     assert labels == ["2/4", "72/96", "48/96"]  # only narrowed cells carry numbers, row by row
-    assert "<title>attention 1: 2 of 4 query heads kept (1 KV heads)</title>" in svg
+    assert "<title>attention 1: 2 of 4 query heads kept (1 KV head)</title>" in svg
     assert "<title>MLP 2: 48 of 96 channels kept</title>" in svg
     # Bars rise from the bottom of a 64 px cell: 2/4 -> 32 px, 72/96 -> 48 px, 48/96 -> 32 px.
     bars = re.findall(r'<rect x="\d+" y="\d+" width="24" height="(\d+)" fill="#fdbb84"', svg)

@@ -28,10 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from hubprune.card import render_card
-    from hubprune.layer_map import LAYER_MAP_NAME, TRACE_PLOT_NAME
+    from hubprune.layer_map import PICTURE_NAMES
 
     path = render_card(args.run_dir, repo_id=args.repo)
-    # Rendering removes a stale trace plot, so the pictures present are the ones just written.
-    pictures = [path.parent / name for name in (LAYER_MAP_NAME, TRACE_PLOT_NAME)]
+    # Rendering removes stale plots, so the pictures present are the ones just written.
+    pictures = [path.parent / name for name in PICTURE_NAMES]
     for written in [path, *(p for p in pictures if p.is_file())]:
         print(f"wrote {written}")
