@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from hubprune.cost import block_savings
 from hubprune.errors import BudgetError, RecipeError
 from hubprune.evaluation.perplexity import row_nll
 from hubprune.methods.block_influence import block_influence_scores
@@ -155,8 +156,6 @@ def _keep_targets(ctx: MethodContext, params: PolicyGradientParams) -> dict[str,
         raise BudgetError("policy gradient optimises masks under a budget: pass --amount")
     sizes = _pool_sizes(ctx)
     if params.blocks:
-        from hubprune.cost import block_savings
-
         savings, dense = block_savings(ctx.model, ctx.adapter, ctx.budget.by)
         removed = ctx.budget.count_for_uniform(savings, dense)
         return {"blocks": float(sizes["blocks"][1] - removed)}
