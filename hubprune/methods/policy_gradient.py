@@ -218,7 +218,7 @@ class MaskedLoss:
 
     def __init__(self, ctx: MethodContext, params: PolicyGradientParams) -> None:
         assert ctx.calibration is not None
-        self.ctx, self.params = ctx, params
+        self.params = params
         self.model, self.adapter = ctx.model, ctx.adapter
         self.batches = list(ctx.calibration.batches(ctx.batch_size))
         self.sizes = _pool_sizes(ctx)

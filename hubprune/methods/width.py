@@ -97,9 +97,10 @@ def _round_kept(kept: int, full: int, low: int, multiple: int) -> int:
     return max(low, min(full, kept))
 
 
-def pool_fraction(ctx: MethodContext, params: WidthParams) -> tuple[list[str], float]:
-    """The pools that can serve `ctx.budget` and the fraction of each pool's units that goes
-    (every pool gives up the same fraction of what it can save; see the module docstring)."""
+def pool_fraction(ctx: MethodContext, params: WidthParams) -> tuple[dict[str, list[float]], float]:
+    """The pools that can serve `ctx.budget`, each with what one of its units saves per block in
+    the budget's kind, and the fraction of each pool's units that goes (every pool gives up the
+    same fraction of what it can save; see the module docstring)."""
     assert ctx.budget is not None
     budget = ctx.budget
     dims = Dims.from_config(ctx.model.config)
@@ -135,7 +136,7 @@ def pool_fraction(ctx: MethodContext, params: WidthParams) -> tuple[list[str], f
             f"removing {budget.amount:.0%} of {BUDGET_WHAT[budget.by]} would leave blocks narrower than the "
             f"minimum widths ({', '.join(floors[p] for p in pools)})"
         )
-    return pools, fraction
+    return {pool: savings[pool][0] for pool in pools}, fraction
 
 
 def _minimum_widths(params: WidthParams) -> dict[str, int]:
@@ -152,12 +153,11 @@ def select_width(
     """Removals meeting `ctx.budget` from per-block unit `scores` ({"heads": [tensor per block of
     KV-group scores], "channels": [...]}), highest kept; see the module docstring. Scores already
     comparable across blocks (policy gradient's keep probabilities) pass `standardise=False`."""
-    pools, fraction = pool_fraction(ctx, params)
+    per_unit_savings, fraction = pool_fraction(ctx, params)
     dims = Dims.from_config(ctx.model.config)
     sizes, minimum = _pool_sizes(dims), _minimum_widths(params)
     units: list[Unit] = []
-    for pool in pools:
-        per_unit = _unit_savings(ctx, pool, ctx.budget.by)[0]
+    for pool, per_unit in per_unit_savings.items():
         kept = _kept_counts(
             scores[pool], per_unit, fraction, sizes[pool], minimum[pool], params, pool, standardise
         )
