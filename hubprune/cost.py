@@ -125,20 +125,30 @@ def plan_cost(
 
     config = model.config
     params = dict({id(p): (n, p) for n, p in model.named_parameters()}.values())
-    sizes = pruned_shapes({n: tuple(p.shape) for n, p in params.items()}, adapter, shape)
-    numel = {n: math.prod(dims) for n, dims in sizes.items()}
-    total = sum(numel.values())
+    named_shapes = {n: tuple(p.shape) for n, p in params.items()}
     embedding_names = {n for n, p in params.items() if p is model.get_submodule(adapter.embed).weight}
     head = model.get_submodule(adapter.lm_head)
     embedding_names |= {n for n, p in params.items() if p is head.weight}
-    linear = 0
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            weight = f"{name}.weight"
-            if weight in sizes:
-                linear += numel[weight]
-            elif module is head:  # tied: stored once as the embedding, still multiplied
-                linear += module.weight.numel()
+    if shape.rotated:  # SliceGPT: shortcut matrices, and an lm_head of its own
+        from hubprune.rotation import sliced_shapes
+
+        sizes = sliced_shapes(named_shapes, adapter, shape)
+        numel = {n: math.prod(dims) for n, dims in sizes.items()}
+        embedding_names.add(f"{adapter.lm_head}.weight")
+        embed_weight = f"{adapter.embed}.weight"
+        linear = sum(n for name, n in numel.items() if len(sizes[name]) == 2 and name != embed_weight)
+    else:
+        sizes = pruned_shapes(named_shapes, adapter, shape)
+        numel = {n: math.prod(dims) for n, dims in sizes.items()}
+        linear = 0
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear):
+                weight = f"{name}.weight"
+                if weight in sizes:
+                    linear += numel[weight]
+                elif module is head:  # tied: stored once as the embedding, still multiplied
+                    linear += module.weight.numel()
+    total = sum(numel.values())
     kept = shape.blocks
     windows = _layer_windows(config, len(kept))
     query = [b.num_attention_heads if b is not None else 0 for b in kept]

@@ -350,3 +350,57 @@ def write_compact_shape(
     record = write_hetero(state, model.config, layers, folder, **common)
     record["nemotron_nas_misfit"] = reason
     return record
+
+
+def write_sliced_shape(
+    model: nn.Module,
+    adapter: ArchAdapter,
+    shape: Any,
+    plan_tensors: dict[str, torch.Tensor],
+    tokenizer: Any,
+    folder: Path,
+    export_format: str,
+    *,
+    source_dir: Path | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    extra_files: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The export of a rotated and sliced residual stream (`shape.rotated`, bases in
+    `plan_tensors`): only the heterogeneous format can hold it (per-block hidden widths and
+    shortcut matrices); plain and nemotron-nas are refused. The record's `_model` is the sliced
+    model the weights were checked against."""
+    from hubprune.export_hetero import write_hetero
+    from hubprune.rotation import ATTN_SHORTCUT, MLP_SHORTCUT, Bases, sliced_state_dict
+
+    shortcut_suffixes = (f"{ATTN_SHORTCUT}.weight", f"{MLP_SHORTCUT}.weight")
+
+    if export_format in ("plain", "nemotron-nas"):
+        raise ExportError(
+            f"a sliced residual stream cannot be written as {export_format} (it needs per-block hidden "
+            "widths and shortcut matrices); use --format compact"
+        )
+    bases = Bases.from_tensors(plan_tensors, shape.dims.num_blocks)
+    state = sliced_state_dict(model.state_dict(), adapter, bases)
+    head = f"{adapter.lm_head}.weight"
+    slicing = {
+        "hidden_sizes": bases.widths,
+        "final_hidden_size": bases.final_width,
+        "shortcut_params": sum(t.numel() for k, t in state.items() if k.endswith(shortcut_suffixes)),
+        "lm_head_params": state[head].numel(),
+        "lm_head_untied": bool(getattr(model.config, "tie_word_embeddings", False)),
+    }
+    record = write_hetero(
+        state,
+        model.config,
+        [b.layer_config() for b in shape.blocks],
+        folder,
+        residual={"final_hidden_size": shape.final_hidden_size},
+        dtype=next(model.parameters()).dtype,
+        tokenizer=tokenizer,
+        generation_config=getattr(model, "generation_config", None),
+        source_dir=source_dir,
+        max_shard_size=max_shard_size,
+        extra_files=extra_files,
+    )
+    record["slicing"] = slicing
+    return record

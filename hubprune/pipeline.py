@@ -7,7 +7,7 @@ directly. Each returns plain objects (a Plan, a Manifest) that the next stage co
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,7 @@ def score(
         seed=calibration.seed,
         batch_size=batch_size,
         checkpoint=checkpoint,
+        calibrate_on=lambda dataset: calibrate(loaded, replace(calibration, dataset=dataset, config=None)),
     )
     plan = spec.plan_fn(ctx, params)
     checkpoint.clear()  # the plan is complete: nothing left to resume
@@ -207,6 +208,10 @@ def prune(
         else None
     )
     texts = calibration_text(calibration, source.spec) if spec.needs_calibration else None
+    for other in (
+        spec.make_params(method_params).text_sources() if hasattr(spec.params_cls, "text_sources") else ()
+    ):
+        calibration_text(replace(calibration, dataset=other, config=None), source.spec)  # fails fast
     resolved = resolved or _resolve_and_check(source, spec, budget, method_params, export_format)
     loaded = load(source, resolved)
     before = model_cost(loaded.model, adapter=loaded.adapter)
@@ -280,6 +285,15 @@ def _resolve_and_check(
         from hubprune.export_compact import check_compact_supported
 
         check_compact_supported(config, adapter, check_width=False)
+    if spec.slices_residual:
+        from hubprune.rotation import check_rotatable
+
+        check_rotatable(adapter)
+        if export_format in ("plain", "nemotron-nas"):
+            raise RecipeError(
+                f"method '{spec.name}' slices the residual stream, which the {export_format} format cannot "
+                "express; pass --format compact (hubprune's heterogeneous format, trust_remote_code=True)"
+            )
     params = spec.make_params(method_params)
     if hasattr(params, "check"):  # width options against the model's widths (e.g. multiple_of)
         params.check(Dims.from_config(config))
@@ -311,7 +325,14 @@ def _apply_and_export(
     shape = plan.shape()
     cut = shape.has_widths() or shape.has_sublayer_removals()
     where = dict(source_dir=loaded.source.local_dir, max_shard_size=max_shard_size)
-    if export_format != "plain" and cut:
+    if shape.rotated:
+        from hubprune.export_compact import write_sliced_shape
+
+        export = write_sliced_shape(
+            model, adapter, shape, plan.tensors, loaded.tokenizer, folder, export_format, **where
+        )
+        after = model_cost(export.pop("_model"), adapter=adapter, folder=folder)
+    elif export_format != "plain" and cut:
         from hubprune.export_compact import write_compact_shape
 
         schema = "auto" if export_format == "compact" else export_format

@@ -49,7 +49,10 @@ class Unit:
     @property
     def name(self) -> str:
         """A short label: `block 3`, `attn 12`, `mlp 7`; `heads 2[1]` (KV group 1 of block 2),
-        `channels 5 (384)` (384 channels of block 5)."""
+        `channels 5 (384)` (384 channels of block 5); `width 4 (432)` (block 4 reads a residual
+        stream sliced to 432 dimensions; `width L` is the final norm's input)."""
+        if self.width is not None:
+            return f"{self.kind} {self.block} ({self.width})"
         if self.indices is None:
             return f"{self.kind} {self.block}"
         if len(self.indices) == 1:

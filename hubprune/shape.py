@@ -86,8 +86,8 @@ class Dims:
 class BlockShape:
     """What remains of one block: the kept KV groups and MLP channels (original indices, sorted).
 
-    `hidden_size` is reserved for methods that slice the residual stream per block (None: the
-    model's hidden size).
+    `hidden_size` is the width of the residual stream the block reads and writes between its
+    sublayers when a method sliced it (:mod:`hubprune.rotation`; None: the model's hidden size).
     """
 
     kv_groups: tuple[int, ...]
@@ -122,21 +122,39 @@ class BlockShape:
 
     def layer_config(self) -> dict[str, Any]:
         """The per-block widths an export writes (one entry of a heterogeneous config)."""
-        return {
+        out: dict[str, Any] = {
             "attention": self.attention,
             "num_attention_heads": self.num_attention_heads,
             "num_key_value_heads": self.num_key_value_heads,
             "mlp": self.mlp,
             "intermediate_size": self.intermediate_size,
         }
+        if self.hidden_size is not None:
+            out["hidden_size"] = self.hidden_size
+        return out
 
 
 @dataclass(frozen=True)
 class Shape:
-    """Per original block, its :class:`BlockShape`, or None when the whole block is removed."""
+    """Per original block, its :class:`BlockShape`, or None when the whole block is removed.
+
+    `final_hidden_size` is set when the residual stream is rotated and sliced (`width` units):
+    the width the final norm and ``lm_head`` read. Such a model also carries a shortcut matrix
+    on every residual connection and an ``lm_head`` of its own (:mod:`hubprune.rotation`).
+    """
 
     dims: Dims
     blocks: tuple[BlockShape | None, ...]
+    final_hidden_size: int | None = None
+
+    @property
+    def rotated(self) -> bool:
+        """Whether the residual stream is rotated (and maybe sliced): SliceGPT's shape."""
+        return self.final_hidden_size is not None
+
+    def hidden_sizes(self) -> list[int]:
+        """The residual width each kept block reads (the dense width where not sliced)."""
+        return [b.hidden_size or self.dims.hidden_size for _, b in self.kept()]
 
     @classmethod
     def dense(cls, dims: Dims) -> Shape:
@@ -152,6 +170,9 @@ class Shape:
         `heads` units name KV groups (each with its query heads), `channels` units name MLP
         channels. Indices out of range are a :class:`BudgetError`.
         """
+        units = list(units)
+        if any(u.kind == "width" for u in units):
+            return cls._sliced(units, dims)
         kv_gone: list[set[int]] = [set() for _ in range(dims.num_blocks)]
         ch_gone: list[set[int]] = [set() for _ in range(dims.num_blocks)]
         block_gone: set[int] = set()
@@ -188,6 +209,32 @@ class Shape:
         shape.check()
         return shape
 
+    @classmethod
+    def _sliced(cls, units: list[Any], dims: Dims) -> Shape:
+        """The shape of `width` units: every block kept whole, its residual width sliced;
+        `width L` (one past the last block) is the final norm's width."""
+        others = sorted({u.kind for u in units if u.kind != "width"})
+        if others:
+            raise RecipeError(
+                f"a sliced residual stream cannot be combined with removed {', '.join(others)} units"
+            )
+        widths: dict[int, int] = {}
+        for unit in units:
+            if not 0 <= unit.block <= dims.num_blocks:
+                raise BudgetError(
+                    f"{unit.name} does not exist (widths are given for blocks 0..{dims.num_blocks - 1} "
+                    f"and {dims.num_blocks}, the final norm)"
+                )
+            if unit.width is None or not 1 <= unit.width <= dims.hidden_size:
+                raise BudgetError(f"{unit.name}: a residual width is between 1 and {dims.hidden_size}")
+            widths[unit.block] = unit.width
+        full = tuple(range(dims.num_key_value_heads)), tuple(range(dims.intermediate_size))
+        blocks = tuple(
+            BlockShape(*full, dims.group_size, hidden_size=widths.get(b, dims.hidden_size))
+            for b in range(dims.num_blocks)
+        )
+        return cls(dims, blocks, final_hidden_size=widths.get(dims.num_blocks, dims.hidden_size))
+
     def check(self) -> None:
         """Refuse a shape with nothing left to compute."""
         kept = self.kept()
@@ -206,7 +253,7 @@ class Shape:
     def compacted(self) -> Shape:
         """The same shape over the kept blocks only (indices of the model after block removal)."""
         kept = tuple(b for _, b in self.kept())
-        return Shape(Dims(**{**self.dims.to_dict(), "num_blocks": len(kept)}), kept)
+        return Shape(Dims(**{**self.dims.to_dict(), "num_blocks": len(kept)}), kept, self.final_hidden_size)
 
     def has_widths(self) -> bool:
         """Whether some kept block has a partial attention or MLP (not all-or-nothing)."""
@@ -239,5 +286,10 @@ class Shape:
             }
             if 0 < b.num_key_value_heads < d.num_key_value_heads:
                 entry["kv_groups"] = list(b.kv_groups)
+            if self.rotated:
+                entry["hidden_size"] = b.hidden_size or d.hidden_size
             blocks.append(entry)
-        return {"dims": d.to_dict(), "blocks": blocks}
+        out: dict[str, Any] = {"dims": d.to_dict(), "blocks": blocks}
+        if self.rotated:
+            out["final_hidden_size"] = self.final_hidden_size
+        return out

@@ -105,6 +105,9 @@ class ArchAdapter:
     projections: tuple[Projection, ...] = LLAMA_PROJECTIONS
     #: Config field holding the final-logit soft-cap (Gemma 2/3: ``cap * tanh(logits / cap)``).
     final_logit_softcap: str | None = None
+    #: Why an orthogonal rotation of the residual stream does not leave this family's outputs
+    #: unchanged (SliceGPT needs it to: :mod:`hubprune.rotation`); empty when it does.
+    rotation_note: str = ""
 
     # -- tensor meaning ------------------------------------------------------------------------
     def projection(self, sublayer: str, name: str) -> Projection | None:

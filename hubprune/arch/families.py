@@ -33,6 +33,8 @@ _GEMMA = dict(
     attention_norms=("input_layernorm", "post_attention_layernorm"),
     mlp_norms=("pre_feedforward_layernorm", "post_feedforward_layernorm"),
     final_logit_softcap="final_logit_softcapping",
+    rotation_note="Gemma normalises the output of every attention and MLP (sandwich norms) and scales "
+    "its norms by 1 + weight, so its outputs change when the residual stream is rotated",
 )
 _GEMMA_NOTE = _NO_DECILM + "Gemma has sandwich norms, scaled embeddings and logit soft-capping"
 GEMMA2 = ArchAdapter(family="gemma2", model_types=("gemma2",), compact_note=_GEMMA_NOTE, **_GEMMA)

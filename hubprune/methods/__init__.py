@@ -9,6 +9,7 @@ from hubprune.methods import (  # noqa: F401
     policy_gradient,
     random_blocks,
     reverse_order,
+    slicing,
     wanda_sp,
 )
 from hubprune.methods.budget import Budget, parse_amount

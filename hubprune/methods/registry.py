@@ -29,6 +29,9 @@ class MethodContext:
     batch_size: int = 8
     #: Where a long search saves its state to resume after a crash (:class:`hubprune.checkpoint.Checkpoint`).
     checkpoint: Checkpoint | None = None
+    #: Calibration windows (same count, length and seed) cut from another text source, for a
+    #: method that measures something on a second text (dynamic slicing's layer redundancy).
+    calibrate_on: Callable[[str], CalibrationBatch] | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class MethodSpec:
     citation: str = ""
     #: The `--budget-by` kinds this method can meet (see :mod:`hubprune.methods.budget`).
     budget_kinds: tuple[str, ...] = ("units", "params", "flops", "kv")
+    #: Whether its plans rotate and slice the residual stream (only the compact format holds them).
+    slices_residual: bool = False
 
     def check_budget(self, budget: Budget | None) -> None:
         """Refuse a budget kind this method cannot meet, naming the ones it can."""
