@@ -114,7 +114,8 @@ def _block_overrides(
 
 
 def _residual_keys(native: dict[str, Any], layers: list[dict[str, Any]], residual: dict[str, Any]) -> dict:
-    """The config keys of a rotated residual stream; an ExportError for what cannot be rotated."""
+    """The config keys of a rotated residual stream; what cannot be rotated is refused (a Gemma
+    family: UnsupportedArchitectureError; a removed sublayer or a bad final width: ExportError)."""
     from hubprune.formats import remote_code_module
 
     base, dense = native["model_type"], native["hidden_size"]

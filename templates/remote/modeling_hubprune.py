@@ -123,14 +123,11 @@ class FoldedRMSNorm(nn.Module):
         return f"dense_size={self.dense_size}, eps={self.variance_epsilon}"
 
 
-def norm_factory(config: HubpruneConfig) -> Any:
-    """`make()` -> one norm of the residual stream: the family's RMSNorm, or a weightless
+def residual_norm(config: HubpruneConfig) -> nn.Module:
+    """One norm of the residual stream: the family's RMSNorm, or a weightless
     :class:`FoldedRMSNorm` when the residual stream is rotated."""
-    dense = config.dense_hidden_size()
-    if config.rotated_residual:
-        return lambda: FoldedRMSNorm(dense, eps=config.rms_norm_eps)
-    norm = family_of(config).cls("RMSNorm")
-    return lambda: norm(dense, eps=config.rms_norm_eps)
+    norm = FoldedRMSNorm if config.rotated_residual else family_of(config).cls("RMSNorm")
+    return norm(config.dense_hidden_size(), eps=config.rms_norm_eps)
 
 
 class HubpruneDecoderLayer(GradientCheckpointingLayer):
@@ -142,13 +139,12 @@ class HubpruneDecoderLayer(GradientCheckpointingLayer):
         family = family_of(config)
         layer_config = config.layer_config(layer_idx)
         skipped = config.skipped(layer_idx)
-        norm = norm_factory(config)
         self.layer_idx = layer_idx
         self.attention_type = layer_type(config, layer_idx)
         self.attention_norms = () if "attention" in skipped else family.attention_norms
         self.mlp_norms = () if "mlp" in skipped else family.mlp_norms
         for name in self.attention_norms + self.mlp_norms:
-            setattr(self, name, norm())
+            setattr(self, name, residual_norm(config))
         if self.attention_norms:
             self.self_attn = family.cls("Attention")(config=layer_config, layer_idx=layer_idx)
         if self.mlp_norms:
@@ -263,7 +259,7 @@ class HubpruneModel(HubprunePreTrainedModel):
         self.layers = nn.ModuleList(
             [HubpruneDecoderLayer(config, i) for i in range(config.num_hidden_layers)]
         )
-        self.norm = norm_factory(config)()
+        self.norm = residual_norm(config)
         self.rotary_emb = family.cls("RotaryEmbedding")(config=config)
         self.gradient_checkpointing = False
         self.post_init()
