@@ -8,6 +8,12 @@ transformers 5.24's `per_layer_config`: per block, the `num_attention_heads`,
 folder, so stock transformers loads it with `trust_remote_code=True`. Why the config goes
 through transformers' heterogeneity mixin is written in `configuration_hubprune.py`.
 
+A sliced residual stream (SliceGPT) adds `rotated_residual: true`, `final_hidden_size` and a
+per-block `hidden_size`, with untied embeddings; its norms hold no weights (their scales are folded
+into the layers that read them) and each block holds two shortcut matrices
+(`model.layers.i.attn_shortcut.weight`, `model.layers.i.mlp_shortcut.weight`); the contract is
+written in `configuration_hubprune.py` and `modeling_hubprune.py`.
+
 Weight names are the native checkpoint's minus removed modules. Before writing, the tensors are
 checked name by name and shape by shape against a model built (on the meta device) from the
 written config. hubprune itself loads such folders with its own copy of the remote code
@@ -42,8 +48,17 @@ AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_hubprune.HubpruneForCausalLM",
 }
 SCHEMA = "hubprune heterogeneous (per_layer_config)"
-# Keys of the native config that name the native class or the machine it was saved on.
-_DROPPED_KEYS = ("architectures", "model_type", "auto_map", "_name_or_path", "transformers_version")
+# Keys of the native config that name the native class or the machine it was saved on, and the
+# residual stream's keys (a loaded export's config has them; `residual` decides them).
+_DROPPED_KEYS = (
+    "architectures",
+    "model_type",
+    "auto_map",
+    "_name_or_path",
+    "transformers_version",
+    "rotated_residual",
+    "final_hidden_size",
+)
 
 
 def _native_dict(native_config: Any) -> dict[str, Any]:
@@ -55,7 +70,9 @@ def is_hetero(config_dict: dict[str, Any]) -> bool:
     return config_dict.get("model_type") == MODEL_TYPE
 
 
-def _block_overrides(native: dict[str, Any], index: int, layer: dict[str, Any]) -> dict[str, Any]:
+def _block_overrides(
+    native: dict[str, Any], index: int, layer: dict[str, Any], rotated: bool
+) -> dict[str, Any]:
     """The `per_layer_config` entry of one block: what differs from the global config."""
     heads, kv_heads = (
         native["num_attention_heads"],
@@ -63,6 +80,16 @@ def _block_overrides(native: dict[str, Any], index: int, layer: dict[str, Any]) 
     )
     out: dict[str, Any] = {}
     skip = []
+    dense = native["hidden_size"]
+    width = layer.get("hidden_size", dense)
+    if width != dense and not rotated:
+        raise ExportError(
+            f"block {index} has a residual width of {width}; only a rotated residual stream is sliced"
+        )
+    if not 1 <= width <= dense:
+        raise ExportError(f"block {index} has a residual width of {width}, outside [1, {dense}]")
+    if width != dense:
+        out["hidden_size"] = width
     if layer["attention"]:
         q, kv = layer["num_attention_heads"], layer["num_key_value_heads"]
         if kv <= 0 or q != kv * (heads // kv_heads):
@@ -86,9 +113,34 @@ def _block_overrides(native: dict[str, Any], index: int, layer: dict[str, Any]) 
     return out
 
 
-def hetero_config(native_config: Any, layers: list[dict[str, Any]]) -> dict[str, Any]:
+def _residual_keys(native: dict[str, Any], layers: list[dict[str, Any]], residual: dict[str, Any]) -> dict:
+    """The config keys of a rotated residual stream; what cannot be rotated is refused (a Gemma
+    family: UnsupportedArchitectureError; a removed sublayer or a bad final width: ExportError)."""
+    from hubprune.formats import remote_code_module
+
+    base, dense = native["model_type"], native["hidden_size"]
+    if base not in remote_code_module("configuration_hubprune").ROTATABLE:
+        raise UnsupportedArchitectureError(
+            f"a {base} model cannot be exported with a rotated residual stream: Gemma normalises each "
+            "sublayer's output and scales its norms by 1 + weight, so a rotation does not commute with its norms"
+        )
+    partial = [i for i, layer in enumerate(layers) if not (layer["attention"] and layer["mlp"])]
+    if partial:
+        raise ExportError(
+            f"block {partial[0]} removes a sublayer; a rotated residual stream needs every sublayer"
+        )
+    final = residual["final_hidden_size"]
+    if not 1 <= final <= dense:
+        raise ExportError(f"final_hidden_size {final} is outside [1, {dense}]")
+    return {"rotated_residual": True, "final_hidden_size": final, "tie_word_embeddings": False}
+
+
+def hetero_config(
+    native_config: Any, layers: list[dict[str, Any]], residual: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The config.json of a heterogeneous export of `native_config` (object or dict, with the
-    kept number of blocks) with one `layers` entry per block (see :func:`write_hetero`)."""
+    kept number of blocks) with one `layers` entry per block and the `residual` stream's
+    description (see :func:`write_hetero`)."""
     native = _native_dict(native_config)
     base = native.get("model_type")
     if not any(base in adapter.model_types for adapter in ALL):
@@ -97,7 +149,9 @@ def hetero_config(native_config: Any, layers: list[dict[str, Any]]) -> dict[str,
         raise ExportError(
             f"{len(layers)} block shapes for a config with {native['num_hidden_layers']} blocks"
         )
-    per_layer = {i: o for i, layer in enumerate(layers) if (o := _block_overrides(native, i, layer))}
+    rotated = residual is not None
+    residual_keys = _residual_keys(native, layers, residual) if rotated else {}
+    per_layer = {i: o for i, layer in enumerate(layers) if (o := _block_overrides(native, i, layer, rotated))}
     # transformers writes the keys zero-padded so they sort numerically; so do we, and the file
     # stays the same when the config is saved again.
     width = len(str(max(per_layer))) if per_layer else 1
@@ -111,6 +165,7 @@ def hetero_config(native_config: Any, layers: list[dict[str, Any]]) -> dict[str,
         head_dim=native.get("head_dim") or native["hidden_size"] // native["num_attention_heads"],
         per_layer_config={str(i).zfill(width): o for i, o in per_layer.items()},
     )
+    config.update(residual_keys)
     return config
 
 
@@ -123,10 +178,13 @@ def remote_code() -> ModuleType:
 
 def _build_hetero(folder: Path, state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
     """The model built from `folder`'s config.json with `state_dict` loaded strictly; an
-    ExportError names the first tensor that the config does not imply."""
+    ExportError names the first tensor that the config does not imply. It runs: only its
+    parameters are built empty, its buffers (rope frequencies) are computed."""
+    from accelerate import init_empty_weights
+
     code = remote_code()
     config = code.HubpruneConfig.from_pretrained(folder)
-    with torch.device("meta"):
+    with init_empty_weights(include_buffers=False):
         model = code.HubpruneForCausalLM._from_config(config, dtype=dtype)
     expected, actual = shapes(model.state_dict()), shapes(state_dict)
     if config.tie_word_embeddings:  # one tensor, whether or not the state dict names it twice
@@ -152,15 +210,19 @@ def write_hetero(
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     extra_files: dict[str, str] | None = None,
     generation_config: Any = None,
+    residual: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the compact tensors `state_dict` (native names, removed modules left out, widths
     sliced) into the (staging) `folder` as a heterogeneous checkpoint with our remote code.
 
     `layers` holds one dict per kept block: `attention` (bool), `num_attention_heads`,
-    `num_key_value_heads`, `mlp` (bool), `intermediate_size`. Returns the manifest's export
-    record (its `_model` is the model the weights were checked against).
+    `num_key_value_heads`, `mlp` (bool), `intermediate_size`, and on a rotated residual stream
+    `hidden_size` (the block's residual width; absent: the dense one). `residual` is None (the
+    native residual stream) or `{"final_hidden_size": int}` for a rotated, sliced one (SliceGPT:
+    norm scales folded, shortcut tensors, no norm tensors, an untied `lm_head`). Returns the
+    manifest's export record (its `_model` is the model the weights were checked against).
     """
-    config = hetero_config(native_config, layers)
+    config = hetero_config(native_config, layers, residual)
     model, licenses = write_with_remote_code(
         folder,
         config,
@@ -172,7 +234,7 @@ def write_hetero(
         max_shard_size=max_shard_size,
         extra_files=extra_files,
     )
-    return {
+    record = {
         "format": "compact",
         "schema": SCHEMA,
         "architectures": config["architectures"],
@@ -189,6 +251,14 @@ def write_hetero(
         "license_files": licenses,
         "_model": model,
     }
+    if residual is not None:
+        dense = config["hidden_size"]
+        record.update(
+            rotated_residual=True,
+            hidden_sizes=[layer.get("hidden_size", dense) for layer in layers],
+            final_hidden_size=config["final_hidden_size"],
+        )
+    return record
 
 
 def load_hetero(

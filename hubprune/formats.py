@@ -204,7 +204,8 @@ def _load_hetero(folder: Path, *, dtype: Any, device: str, **options: Any) -> nn
 
 def _hetero_layers(config: Any) -> list[dict[str, Any]]:
     """Per block of a loaded heterogeneous model, its widths (from transformers' per-layer view
-    of `per_layer_config`), as :func:`hubprune.export_hetero.write_hetero` takes them."""
+    of `per_layer_config`; its residual width too), as :func:`hubprune.export_hetero.write_hetero`
+    takes them."""
     out = []
     for i in range(config.num_hidden_layers):
         layer = config.per_layer_config[i]
@@ -217,6 +218,7 @@ def _hetero_layers(config: Any) -> list[dict[str, Any]]:
                 "num_key_value_heads": layer.num_key_value_heads if attention else 0,
                 "mlp": mlp,
                 "intermediate_size": layer.intermediate_size if mlp else 0,
+                "hidden_size": layer.hidden_size,
             }
         )
     return out
@@ -224,14 +226,23 @@ def _hetero_layers(config: Any) -> list[dict[str, Any]]:
 
 def _write_hetero(model: nn.Module, adapter: Any, tokenizer: Any, folder: Path, **where: Any) -> dict:
     """A model loaded from a heterogeneous folder (recovered, say), written again with its own
-    per-block widths: the native fields of its config, `base_model_type` as the model type."""
+    per-block widths and residual stream: the native fields of its config, `base_model_type` as
+    the model type."""
     from hubprune.export_hetero import write_hetero
 
-    native = {k: v for k, v in model.config.to_dict().items() if k not in ("per_layer_config", "auto_map")}
+    config = model.config
+    native = {k: v for k, v in config.to_dict().items() if k not in ("per_layer_config", "auto_map")}
     native["model_type"] = native.pop("base_model_type")
+    residual = {"final_hidden_size": config.final_hidden_size} if config.rotated_residual else None
     state = dict(model.state_dict())
     record = write_hetero(
-        state, native, _hetero_layers(model.config), folder, **_as_loaded(model, tokenizer), **where
+        state,
+        native,
+        _hetero_layers(config),
+        folder,
+        residual=residual,
+        **_as_loaded(model, tokenizer),
+        **where,
     )
     record.pop("_model")
     return record

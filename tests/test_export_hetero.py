@@ -20,6 +20,7 @@ from transformers.cache_utils import DummyLayer
 from hubprune.arch import adapter_for
 from hubprune.errors import ExportError
 from hubprune.export_hetero import hetero_config, is_hetero, load_hetero, remote_code, write_hetero
+from hubprune.formats import _write_hetero
 from hubprune.plan import Unit
 from hubprune.shape import Dims, Shape
 from hubprune.transforms import slice_state_dict, zero_fill
@@ -136,6 +137,20 @@ def test_config_follows_transformers_per_layer_schema(tmp_path: Path) -> None:
     assert config.per_layer_config[0].num_attention_heads == 2
     assert config.per_layer_config[1].intermediate_size == 72
     assert config.per_layer_config[2].skip == ["attention"]
+
+
+def test_rewriting_a_loaded_export_keeps_its_config(tmp_path: Path) -> None:
+    """Would catch recovery's writer (`formats._write_hetero`) changing the config.json of an export
+    without a rotated residual stream, e.g. by writing the loaded config's `rotated_residual: false`."""
+    model = tiny_model("qwen3")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _export(model, Shape.from_units(_units(), Dims.from_config(model.config)), tmp_path / "a")
+    _write_hetero(load_hetero(tmp_path / "a", dtype=torch.float32), None, None, tmp_path / "b")
+    before, after = (json.loads((tmp_path / f / "config.json").read_text()) for f in "ab")
+    assert before.pop("dtype", None) is None and after.pop("dtype") == "float32"  # the loaded dtype
+    assert after == before
+    assert not {"rotated_residual", "final_hidden_size"} & set(after)
 
 
 def test_hidden_states_and_attention_backend_follow_transformers(tmp_path: Path) -> None:

@@ -8,6 +8,12 @@ behave as in the native model. Weight names are the native checkpoint's
 (`model.layers.3.self_attn.q_proj.weight`, ...); a block without attention has no `self_attn.*`
 and no attention norms, one without MLP no `mlp.*` and no MLP norms.
 
+A rotated residual stream (`config.rotated_residual`, SliceGPT) has its norm scales folded into
+the layers that read the norms, so every norm is a weightless :class:`FoldedRMSNorm`; the stream
+has its own width per block (`config.residual_width(i)`), and each sublayer's residual connection
+goes through a shortcut matrix (`attn_shortcut`, `mlp_shortcut`: the change of basis, and of
+width, between the rotations before and after it). The MLP writes the next block's width.
+
 KV cache: a block without attention stores nothing. Its cache slot becomes a transformers
 `DummyLayer` before the masks are built; transformers' cache and mask helpers skip dummy slots
 when they look for the sequence length or the first attention layer of a kind.
@@ -99,25 +105,57 @@ def release_cache_slot(cache: Cache | None, layer_idx: int) -> None:
         layers[layer_idx] = DummyLayer()
 
 
+class FoldedRMSNorm(nn.Module):
+    """An RMS norm without a scale (folded into the layers that read it), over the dense width:
+    the sum of squares of a sliced residual is divided by `dense_size`, not by its own width."""
+
+    def __init__(self, dense_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.dense_size = dense_size
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        x = hidden_states.float()
+        x = x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) / self.dense_size + self.variance_epsilon)
+        return x.to(hidden_states.dtype)
+
+    def extra_repr(self) -> str:
+        return f"dense_size={self.dense_size}, eps={self.variance_epsilon}"
+
+
+def residual_norm(config: HubpruneConfig) -> nn.Module:
+    """One norm of the residual stream: the family's RMSNorm, or a weightless
+    :class:`FoldedRMSNorm` when the residual stream is rotated."""
+    norm = FoldedRMSNorm if config.rotated_residual else family_of(config).cls("RMSNorm")
+    return norm(config.dense_hidden_size(), eps=config.rms_norm_eps)
+
+
 class HubpruneDecoderLayer(GradientCheckpointingLayer):
-    """A block of the native family at its own size; its attention and MLP are each optional."""
+    """A block of the native family at its own size; its attention and MLP are each optional.
+    On a rotated residual stream each residual connection goes through a shortcut matrix."""
 
     def __init__(self, config: HubpruneConfig, layer_idx: int) -> None:
         super().__init__()
         family = family_of(config)
         layer_config = config.layer_config(layer_idx)
         skipped = config.skipped(layer_idx)
-        norm = family.cls("RMSNorm")
         self.layer_idx = layer_idx
         self.attention_type = layer_type(config, layer_idx)
         self.attention_norms = () if "attention" in skipped else family.attention_norms
         self.mlp_norms = () if "mlp" in skipped else family.mlp_norms
         for name in self.attention_norms + self.mlp_norms:
-            setattr(self, name, norm(config.hidden_size, eps=config.rms_norm_eps))
+            setattr(self, name, residual_norm(config))
         if self.attention_norms:
             self.self_attn = family.cls("Attention")(config=layer_config, layer_idx=layer_idx)
         if self.mlp_norms:
             self.mlp = family.cls("MLP")(layer_config)
+        if config.rotated_residual:  # every sublayer is kept (the config refuses `skip`)
+            width, out = config.residual_width(layer_idx), config.residual_width(layer_idx + 1)
+            self.attn_shortcut = nn.Linear(width, width, bias=False)
+            self.mlp_shortcut = nn.Linear(width, out, bias=False)
+            if out != width:  # the MLP writes into the next block's residual stream
+                down = self.mlp.down_proj
+                self.mlp.down_proj = nn.Linear(down.in_features, out, bias=down.bias is not None)
         self.residual_dropout = getattr(config, family.residual_dropout) if family.residual_dropout else 0.0
 
     @property
@@ -129,10 +167,12 @@ class HubpruneDecoderLayer(GradientCheckpointingLayer):
         return bool(self.mlp_norms)
 
     def _residual(
-        self, hidden_states: torch.Tensor, out: torch.Tensor, post_norms: tuple[str, ...]
+        self, hidden_states: torch.Tensor, out: torch.Tensor, post_norms: tuple[str, ...], shortcut: str
     ) -> torch.Tensor:
         for name in post_norms:
             out = getattr(self, name)(out)
+        if hasattr(self, shortcut):  # a rotated residual stream: change of basis (and width)
+            hidden_states = getattr(self, shortcut)(hidden_states)
         return hidden_states + nn.functional.dropout(out, p=self.residual_dropout, training=self.training)
 
     def forward(
@@ -156,11 +196,11 @@ class HubpruneDecoderLayer(GradientCheckpointingLayer):
                 position_embeddings=position_embeddings,
                 **kwargs,
             )
-            hidden_states = self._residual(hidden_states, out, tuple(post))
+            hidden_states = self._residual(hidden_states, out, tuple(post), "attn_shortcut")
         if self.has_mlp:
             pre, *post = self.mlp_norms
             hidden_states = self._residual(
-                hidden_states, self.mlp(getattr(self, pre)(hidden_states)), tuple(post)
+                hidden_states, self.mlp(getattr(self, pre)(hidden_states)), tuple(post), "mlp_shortcut"
             )
         return hidden_states
 
@@ -215,11 +255,11 @@ class HubpruneModel(HubprunePreTrainedModel):
                 config.vocab_size, config.hidden_size, self.padding_idx, embed_scale=config.hidden_size**0.5
             )
         else:
-            self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+            self.embed_tokens = nn.Embedding(config.vocab_size, config.residual_width(0), self.padding_idx)
         self.layers = nn.ModuleList(
             [HubpruneDecoderLayer(config, i) for i in range(config.num_hidden_layers)]
         )
-        self.norm = family.cls("RMSNorm")(config.hidden_size, eps=config.rms_norm_eps)
+        self.norm = residual_norm(config)
         self.rotary_emb = family.cls("RotaryEmbedding")(config=config)
         self.gradient_checkpointing = False
         self.post_init()
@@ -288,7 +328,9 @@ class HubpruneForCausalLM(HubprunePreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = HubpruneModel(config)
         self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(
+            config.residual_width(config.num_hidden_layers), config.vocab_size, bias=False
+        )
         self.post_init()
 
     @can_return_tuple
