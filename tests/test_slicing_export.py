@@ -32,7 +32,8 @@ IDS = torch.randint(4, 100, (2, 20), generator=torch.Generator().manual_seed(1))
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("calib") / "calib.txt"
-    path.write_text(SAMPLE_TEXT * 2, encoding="utf-8")
+    text = SAMPLE_TEXT * 2
+    path.write_text("\n".join(text[i : i + 200] for i in range(0, len(text), 200)), encoding="utf-8")
     return path
 
 
@@ -92,7 +93,9 @@ def test_rotated_export_reproduces_the_dense_model_and_sliced_matches_projection
     assert sum(p.numel() for p in ours.parameters()) == predicted["params_total"]
     assert manifest.model_after["params_total"] == predicted["params_total"]
     assert manifest.plan.budget["reached"]["params_total"]["after"] == predicted["params_total"]
-    assert model_cost(ours, adapter=adapter_for(dense_model))["flops_per_token"] == predicted["flops_per_token"]
+    assert (
+        model_cost(ours, adapter=adapter_for(dense_model))["flops_per_token"] == predicted["flops_per_token"]
+    )
     slicing = manifest.export["slicing"]
     assert slicing["shortcut_params"] == 4 * (48 * 48 + 48 * 48) - 48 * 48 + 48 * 64
     assert slicing["lm_head_untied"] is bool(dense_model.config.tie_word_embeddings)
@@ -129,27 +132,69 @@ def test_lora_recovery_heals_a_sliced_model_and_keeps_its_format(tmp_path: Path,
     assert not any("lora" in k for k in healed.state_dict())
     with torch.no_grad():
         assert not torch.allclose(healed(IDS).logits, before(IDS).logits, atol=1e-4)
-        torch.testing.assert_close(_stock(tmp_path / "healed")(IDS).logits, healed(IDS).logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            _stock(tmp_path / "healed")(IDS).logits, healed(IDS).logits, atol=1e-5, rtol=0
+        )
+
+
+def _exit_code(argv: list[str]) -> int | None:
+    try:
+        return main(argv)
+    except SystemExit as exit_info:  # argparse's own errors
+        return exit_info.code
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--method", "slicegpt", "--amount", "0.25"], "pass --format compact"),
-        (["--method", "slicegpt", "--amount", "0.25", "--format", "nemotron-nas"], "nemotron-nas format cannot"),
-        (["--method", "slicegpt", "--amount", "1.5", "--format", "compact"], "neither a whole count nor a fraction"),
+        (
+            ["--method", "slicegpt", "--amount", "0.25", "--format", "nemotron-nas"],
+            "nemotron-nas format cannot",
+        ),
+        (
+            ["--method", "slicegpt", "--amount", "1.5", "--format", "compact"],
+            "neither a whole count nor a fraction",
+        ),
         (["--method", "slicegpt", "--amount", "0", "--format", "compact"], "must be positive"),
         (["--method", "slicegpt", "--amount", "2", "--format", "compact"], "fraction of the hidden width"),
         (
-            ["--method", "dynamic-slicing", "--amount", "0.2", "--method-arg", "base=0.3", "--format", "compact"],
+            [
+                "--method",
+                "dynamic-slicing",
+                "--amount",
+                "0.2",
+                "--method-arg",
+                "base=0.3",
+                "--format",
+                "compact",
+            ],
             "SB must be at most SP",
         ),
         (
-            ["--method", "slicegpt", "--amount", "0.2", "--method-arg", "min_width=128", "--format", "compact"],
+            [
+                "--method",
+                "slicegpt",
+                "--amount",
+                "0.2",
+                "--method-arg",
+                "min_width=128",
+                "--format",
+                "compact",
+            ],
             "larger than the hidden size",
         ),
         (
-            ["--method", "slicegpt", "--amount", "0.9", "--method-arg", "min_width=32", "--format", "compact"],
+            [
+                "--method",
+                "slicegpt",
+                "--amount",
+                "0.9",
+                "--method-arg",
+                "min_width=32",
+                "--format",
+                "compact",
+            ],
             "below min_width=32",
         ),
     ],
@@ -157,9 +202,7 @@ def test_lora_recovery_heals_a_sliced_model_and_keeps_its_format(tmp_path: Path,
 def test_bad_slicing_input_ends_in_one_sentence(tmp_path: Path, calib: Path, capsys, args, message) -> None:
     source = save_tiny(tmp_path / "base", "llama")
     argv = ["prune", str(source), *args, "--calibration", str(calib), "--samples", "4", "--seq-len", "16"]
-    with pytest.raises(SystemExit) as exit_info:
-        main([*argv, "--out", str(tmp_path / "out")])
-    assert exit_info.value.code != 0
+    assert _exit_code([*argv, "--out", str(tmp_path / "out")]) not in (0, None)
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
@@ -168,7 +211,6 @@ def test_bad_slicing_input_ends_in_one_sentence(tmp_path: Path, calib: Path, cap
 def test_gemma_is_refused_before_loading_weights(tmp_path: Path, calib: Path, capsys) -> None:
     source = save_tiny(tmp_path / "base", "gemma2")
     (source / "model.safetensors").write_bytes(b"not weights")  # never read
-    with pytest.raises(SystemExit):
-        main(["prune", str(source), "--method", "slicegpt", "--amount", "0.2", "--format", "compact",
-              "--calibration", str(calib), "--out", str(tmp_path / "out")])  # fmt: skip
+    assert _exit_code(["prune", str(source), "--method", "slicegpt", "--amount", "0.2", "--format", "compact",
+                       "--calibration", str(calib), "--out", str(tmp_path / "out")]) not in (0, None)  # fmt: skip
     assert "sandwich norms" in capsys.readouterr().err
