@@ -1,7 +1,7 @@
 """What a plan removed, in words: the one-line summary of the terminal, the card and the commit title.
 
 Everything here reads the plan's :class:`~hubprune.shape.Shape` (whole blocks gone, sublayers
-gone, narrower attention and MLP), so a new unit kind needs no new sentence. A plan written by an
+gone, narrower attention and MLP, a sliced residual stream), so a new unit kind needs no new sentence. A plan written by an
 older hubprune records no widths; its whole-block and sublayer removals still have a shape
 (:func:`plan_shape`), with each sublayer counted as one unit of width.
 """
