@@ -440,7 +440,9 @@ def budget_record(plan: Plan) -> dict[str, Any] | None:
     if isinstance(requested, dict) and requested.get("amount") is not None:
         amount, by = requested["amount"], requested.get("by", "units")
         what = {"units": "units", "params": "parameters"}.get(str(by))
-        if what is None or not _is_num(amount):
+        if any(u.kind == "width" for u in plan.removed) and _is_num(amount):  # slicing: a mean fraction
+            asked = f"a mean slice of {100 * amount:g}% of the residual width"
+        elif what is None or not _is_num(amount):
             asked = f"{amount} ({by})"
         elif isinstance(amount, float) and amount < 1:
             asked = f"{100 * amount:g}% of the {what}"
@@ -456,6 +458,17 @@ def budget_record(plan: Plan) -> dict[str, Any] | None:
                 "before": total,
                 "after": total - reached["units_removed"],
                 "fraction": reached["units_removed"] / total if total else None,
+            }
+        )
+    dense = (plan.dims or {}).get("hidden_size")
+    if _is_num(reached.get("mean_slice")) and _is_num(dense):
+        rows.append(
+            {
+                "what": "residual width (mean of the blocks)",
+                "kind": "num",
+                "before": dense,
+                "after": round(dense * (1 - reached["mean_slice"]), 1),
+                "fraction": reached["mean_slice"],
             }
         )
     for key, label, kind in REACHED_FIELDS:
@@ -492,6 +505,74 @@ def export_record(manifest: Manifest, zeroed: bool) -> dict[str, Any]:
         "vllm_servable": True if vllm is None else bool(vllm),
         "how_to_load": export.get("how_to_load") if isinstance(export.get("how_to_load"), str) else None,
         "zero_filled": zeroed,
+    }
+
+
+def _share(value: Any) -> str | None:
+    return f"{100 * value:.1f}%" if _is_num(value) else None
+
+
+def slicing_record(manifest: Manifest, shape: Any) -> dict[str, Any] | None:
+    """What the card says about a sliced residual stream (None for any other plan): per block
+    (and the head) the kept width, the slice, the share of the stream's second moment kept and,
+    for dynamic slicing, the layer redundancy behind it; the parameters the sliced model pays
+    for its shortcut matrices and its own lm_head (from the export record) against its total
+    (``model_after``, which counts them) and the base model's; how dynamic slicing set the widths."""
+    if not shape.rotated:
+        return None
+    plan, dense = manifest.plan, shape.dims.hidden_size
+    scores = {}
+    for entry in plan.scores:
+        unit = entry["unit"] if isinstance(entry["unit"], Unit) else Unit.from_dict(entry["unit"])
+        scores[unit.block] = entry
+    widths = [*shape.hidden_sizes(), shape.final_hidden_size]
+    rows = []
+    for b, width in enumerate(widths):
+        entry = scores.get(b, {})
+        moment = entry.get("kept_second_moment") or {}
+        kept = [_share(moment.get(point)) for point in ("input", "mid")]
+        rows.append(
+            {
+                "block": b if b < len(widths) - 1 else "head (final norm, lm_head)",
+                "width": f"{width}/{dense}",
+                "slice": f"{100 * (1 - width / dense):.1f}%",
+                "asked": entry.get("score") if b < len(widths) - 1 else None,
+                "redundancy": entry.get("layer_redundancy"),
+                "normalised": entry.get("redundancy_normalised"),
+                "kept": " / ".join(k for k in kept if k) or None,
+            }
+        )
+    record = (manifest.export or {}).get("slicing") or {}
+    before, after = manifest.model_before.get("params_total"), manifest.model_after.get("params_total")
+    params = None
+    if all(_is_num(v) for v in (record.get("shortcut_params"), record.get("lm_head_params"), after, before)):
+        params = {
+            "total": after,
+            "before": before,
+            "change_pct": 100 * (after - before) / before if before else None,
+            "shortcut_params": record["shortcut_params"],
+            "shortcuts": 2 * len(shape.kept()),  # one after the attention, one after the MLP of each block
+            "lm_head_params": record["lm_head_params"],
+            "lm_head_untied": bool(record.get("lm_head_untied")),
+        }
+    dynamic = None
+    if any("layer_redundancy" in entry for entry in plan.scores):
+        requested = (plan.budget or {}).get("requested") or {}
+        lr_text = plan.params.get("lr_calibration")
+        keys = ("source", "kind", "config", "split", "samples", "seq_len")
+        dynamic = {
+            "target": requested.get("amount"),
+            "base": plan.params.get("base"),
+            "lr_text": {k: lr_text.get(k) for k in keys}
+            if isinstance(lr_text, dict) and lr_text.get("source")
+            else None,
+        }
+    return {
+        "rows": rows,
+        "dynamic": dynamic,
+        "has_redundancy": dynamic is not None,
+        "multiple_of": plan.params.get("multiple_of"),
+        "params": params,
     }
 
 
@@ -555,6 +636,10 @@ def _command_line(manifest: Manifest) -> str:
         parts += ["--amount", str(requested["amount"])]
         if requested.get("by", "units") != "units":
             parts += ["--budget-by", str(requested["by"])]
+    if any(u.kind == "width" for u in plan.removed):  # slicing: SB, the LR text and the rounding matter
+        for key, value in sorted(plan.params.items()):
+            if value is not None and key != "lr_calibration":
+                parts += ["--method-arg", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
     cal = plan.calibration
     if cal is not None:
         parts += ["--calibration", cal.source]
@@ -645,13 +730,22 @@ def search_cost_summary(plan: Plan, record: Mapping[str, Any] | None) -> dict[st
     """The card's search-cost line (its `kind` says which sentence): for a candidate search
     (FinerCut, a record with `forward_flops`), see :func:`candidate_search_cost`; for an
     optimisation (policy gradient, a record with `steps` and `forward_passes`), see
-    :func:`optimisation_cost`; None without a record."""
+    :func:`optimisation_cost`; for slicing (`calibration_passes`), the passes over the calibration
+    text, those for layer redundancy, the tokens and the time; None without a record."""
     if not record:
         return None
     if _is_num(record.get("forward_flops")):
         return candidate_search_cost(plan, record)
     if _is_num(record.get("steps")) and _is_num(record.get("forward_passes")):
         return optimisation_cost(record)
+    if _is_num(record.get("calibration_passes")):
+        return {
+            "kind": "passes",
+            **{
+                key: record.get(key) if _is_num(record.get(key)) else None
+                for key in ("calibration_passes", "redundancy_passes", "tokens_seen", "wall_s")
+            },
+        }
     return None
 
 
@@ -733,7 +827,8 @@ def build_context(
     license_id = license_info.get("license")
     recover = manifest.stages.get("recover") if isinstance(manifest.stages.get("recover"), dict) else None
     size, (speed, speed_device) = cost_rows(report, manifest), speed_rows(report)
-    removed_rows = _removed_rows(plan)
+    slicing = slicing_record(manifest, shape)
+    removed_rows = [] if slicing else _removed_rows(plan)  # a sliced plan's table is `slicing`
     cal = plan.calibration
     evaluation = None
     if rows:
@@ -766,7 +861,8 @@ def build_context(
         "removed_rows": removed_rows,
         "has_objective": any(r["objective"] is not None for r in removed_rows),
         "score_meaning": plan.score_meaning,
-        "all_scores": _all_scores(plan),
+        "all_scores": [] if slicing else _all_scores(plan),
+        "slicing": slicing,
         "layer_map": LAYER_MAP_NAME,
         "trace_plot": TRACE_PLOT_NAME if drawn[TRACE_PLOT_NAME] is not None else None,
         "trace_value_name": _trace_value_name(plan),

@@ -1,7 +1,7 @@
 """What a plan removed, in words: the one-line summary of the terminal, the card and the commit title.
 
 Everything here reads the plan's :class:`~hubprune.shape.Shape` (whole blocks gone, sublayers
-gone, narrower attention and MLP), so a new unit kind needs no new sentence. A plan written by an
+gone, narrower attention and MLP, a sliced residual stream), so a new unit kind needs no new sentence. A plan written by an
 older hubprune records no widths; its whole-block and sublayer removals still have a shape
 (:func:`plan_shape`), with each sublayer counted as one unit of width.
 """
@@ -34,6 +34,7 @@ def _pct(fraction: float) -> str:
 
 
 def _span(values: list[int]) -> str:
+    """`368-520`, or `432` when all are alike."""
     return f"{min(values)}-{max(values)}" if min(values) != max(values) else str(values[0])
 
 
@@ -45,10 +46,33 @@ def _narrowed(shape: Shape, block: BlockShape) -> bool:
     )
 
 
+def mean_slice(shape: Shape) -> float:
+    """The share of the dense residual width a rotated shape slices away, averaged over the blocks."""
+    widths = shape.hidden_sizes()
+    return 1 - sum(widths) / (len(widths) * shape.dims.hidden_size)
+
+
+def _sliced(shape: Shape, detail: bool) -> str:
+    """What a rotated shape did to the residual stream, e.g. "sliced the residual stream to 432 of
+    576 dims in every block (mean slice 25%; lm_head at 576)"; `detail` adds the head's width."""
+    dense, widths = shape.dims.hidden_size, shape.hidden_sizes()
+    head = f"; lm_head at {shape.final_hidden_size}" if detail else ""
+    if set(widths) == {dense} and shape.final_hidden_size == dense:
+        return f"rotated the residual stream without slicing it ({dense} dims)"
+    where = (" in every block" if len(set(widths)) == 1 else " per block") if detail else ""
+    return (
+        f"sliced the residual stream to {_span(widths)} of {dense} dims{where} "
+        f"(mean slice {_pct(mean_slice(shape))}{head})"
+    )
+
+
 def removal(shape: Shape, *, detail: bool = True) -> str:
     """What `shape` removed from the dense model, e.g. "removed 6 of 30 blocks (3, 4, ...)",
     "removed 12 attention and 3 MLP sublayers", "pruned 20% of heads and channels across 30 blocks
-    (MLP widths 1024-1536)"; `detail` adds the block numbers and width ranges."""
+    (MLP widths 1024-1536)", "sliced the residual stream to 432 of 576 dims in every block (mean
+    slice 25%; lm_head at 576)"; `detail` adds the block numbers, width ranges and head width."""
+    if shape.rotated:  # a sliced stream is never combined with other removals (Shape refuses it)
+        return _sliced(shape, detail)
     d, kept = shape.dims, shape.kept()
     parts = []
     gone = shape.removed_blocks()
@@ -88,6 +112,12 @@ class ParamsChange:
     after: float
     fraction: float
 
+    @property
+    def signed_pct(self) -> str:
+        """The change as a signed percentage: `-15.8%`, or `+4.2%` when the model grew (a sliced
+        small model's shortcuts and untied head can outweigh what slicing saves)."""
+        return f"+{-self.fraction:.1%}" if self.fraction < 0 else f"-{self.fraction:.1%}"
+
 
 def params_change(manifest: Manifest) -> ParamsChange | None:
     """From the plan's `budget.reached` (what the shape really removes), else the manifest's
@@ -126,11 +156,9 @@ def summary(manifest: Manifest, *, short: bool = False) -> str:
     line = f"{removal(shape, detail=not short)} with {plan.method}"
     change = params_change(manifest)
     if short:
-        return line + (f" (-{change.fraction:.1%} parameters)" if change else "")
+        return line + (f" ({change.signed_pct} parameters)" if change else "")
     if change:
-        line += (
-            f": {fmt_params(change.before)} → {fmt_params(change.after)} parameters (-{change.fraction:.1%})"
-        )
+        line += f": {fmt_params(change.before)} → {fmt_params(change.after)} parameters ({change.signed_pct})"
     if zero_filled(manifest, shape):
         line += "; this plain export zero-fills them, so nothing is saved (--format compact saves them)"
     return line

@@ -8,6 +8,9 @@ which is the future Hub repo, and the card links them by relative path so the Hu
   removes only whole blocks gets one row ("block"); any other gets two rows ("attention" and
   "MLP"). Removed blocks and sublayers are red and crossed; a narrowed sublayer (heads, channels)
   is an orange bar as tall as the share it keeps, labelled "kept/base" (e.g. 6/9, 1152/1536).
+  A sliced residual stream (SliceGPT, dynamic slicing) gets one "residual" row of the same bars,
+  the residual width each block reads out of the dense width D, and a last "head" cell for the
+  width the final norm and ``lm_head`` read.
 * :func:`trace_svg` plots the search objective (e.g. FinerCut's divergence) against the number
   of units removed so far, for plans that carry a trace.
 * :func:`curve_svg` plots an optimisation's loss per step and its moving-average baseline, for
@@ -52,11 +55,18 @@ class _Row:
     noun: str  # what the numbers count
     total: int
     kept: Callable[[BlockShape], int]
+    full: str = "kept"  # the title of a cell that keeps everything
 
 
 def _rows(shape: Shape) -> list[_Row]:
-    """One "block" row when only whole blocks went; else attention and MLP rows (their widths)."""
+    """One "block" row when only whole blocks went; one "residual" row (its widths) for a sliced
+    stream; else attention and MLP rows (their widths)."""
     d = shape.dims
+    if shape.rotated:
+        full = f"full width ({d.hidden_size} dims)"
+        return [
+            _Row("residual", "residual dims", d.hidden_size, lambda b: b.hidden_size or d.hidden_size, full)
+        ]
     if not (shape.has_widths() or shape.has_sublayer_removals()):
         return [_Row("block", "blocks", 1, lambda b: 1)]
     return [
@@ -80,12 +90,22 @@ def _cell_state(row: _Row, block: BlockShape | None) -> tuple[int, str]:
     return kept, ("removed" if kept == 0 else "kept" if kept == row.total else "narrowed")
 
 
-def _cell_title(row: _Row, index: int, block: BlockShape | None, kept: int, state: str) -> str:
-    name = f"{row.label} {index}"
+def _columns(shape: Shape, row: _Row) -> list[tuple[str, str, BlockShape | None]]:
+    """(axis label, cell name, block shape) of each cell of `row`: one per block, and for a sliced
+    stream a last "head" cell, the width the final norm and lm_head read."""
+    if not shape.rotated:
+        return [(str(b), f"{row.label} {b}", block) for b, block in enumerate(shape.blocks)]
+    head = BlockShape((), (), 1, hidden_size=shape.final_hidden_size)
+    return [(str(b), f"block {b}", block) for b, block in enumerate(shape.blocks)] + [
+        ("head", "head (final norm and lm_head)", head)
+    ]
+
+
+def _cell_title(row: _Row, name: str, block: BlockShape | None, kept: int, state: str) -> str:
     if block is None and row.label != "block":
         return f"{name}: removed (with its whole block)"
     if state != "narrowed":
-        return f"{name}: {state}"
+        return f"{name}: {row.full if state == 'kept' else state}"
     text = f"{name}: {kept} of {row.total} {row.noun} kept"
     if row.label == "attention":
         text += f" ({block.num_key_value_heads} KV head{'s' if block.num_key_value_heads != 1 else ''})"
@@ -94,9 +114,15 @@ def _cell_title(row: _Row, index: int, block: BlockShape | None, kept: int, stat
 
 def _legend(shape: Shape) -> list[tuple[str, str, int]]:
     """(colour, text, horizontal advance) of each legend entry."""
+    d = shape.dims
+    if shape.rotated:
+        entries = [
+            (_KEPT, f"full width (D = {d.hidden_size} dims)"),
+            (_PARTIAL, "residual width kept (of D): bar height and label = d/D"),
+        ]
+        return [(colour, text, 30 + 6 * len(text)) for colour, text in entries]
     if not shape.has_widths():
         return [(_KEPT, "kept", 80), (_REMOVED, "removed", 80)]
-    d = shape.dims
     entries = [
         (_KEPT, f"full width ({d.num_attention_heads} query heads, {d.intermediate_size} channels)"),
         (_PARTIAL, "narrowed: bar height and label = kept/base"),
@@ -109,21 +135,25 @@ def layer_map_svg(plan: Plan, num_blocks: int) -> str:
     """An SVG of the `num_blocks` blocks of the base model and what the plan leaves of each.
 
     Removed blocks and sublayers are red and crossed. When the plan narrows some blocks (heads,
-    channels), each cell is a bar whose height is the share kept, orange and labelled
-    "kept/total" where it is narrower than the base model.
+    channels, the residual stream), each cell is a bar whose height is the share kept, orange and
+    labelled "kept/total" where it is narrower than the base model.
     """
     from hubprune.describe import plan_shape, removal
 
     shape = plan_shape(plan, num_blocks)
     rows = _rows(shape)
-    widths = shape.has_widths()
+    widths = shape.has_widths() or shape.rotated
     cell_w, cell_h, gap, left, top = (24, 64, 2, 84, 34) if widths else (22, 22, 2, 84, 34)
+    head_gap = 8 if shape.rotated else 0  # the head cell stands apart from the blocks
+
+    def cell_x(column: int) -> int:
+        return left + column * (cell_w + gap) + (head_gap if column >= num_blocks else 0)
+
     title = f"{plan.method}: {removal(shape, detail=False)} (input at the left)"
     legend = _legend(shape)
+    columns = num_blocks + (1 if shape.rotated else 0)
     # ~7 px per character at 13 px: wide enough for the title and the legend even with few blocks.
-    width = max(
-        left + num_blocks * (cell_w + gap) + 16, 16 + 7 * len(title), left + sum(a for *_, a in legend) + 8
-    )
+    width = max(cell_x(columns) + 16, 16 + 7 * len(title), left + sum(a for *_, a in legend) + 8)
     height = top + len(rows) * (cell_h + gap) + 58
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -138,10 +168,10 @@ def layer_map_svg(plan: Plan, num_blocks: int) -> str:
             f'<text x="{left - 6}" y="{y + cell_h / 2 + 4:.1f}" font-size="12" text-anchor="end" '
             f'{_FONT} fill="{_TEXT}">{row.label}</text>'
         )
-        for b, block in enumerate(shape.blocks):
-            x = left + b * (cell_w + gap)
+        for c, (_, name, block) in enumerate(_columns(shape, row)):
+            x = cell_x(c)
             kept, state = _cell_state(row, block)
-            tip = f"<title>{_cell_title(row, b, block, kept, state)}</title>"
+            tip = f"<title>{_cell_title(row, name, block, kept, state)}</title>"
             if state != "narrowed":
                 fill = _REMOVED if state == "removed" else _KEPT
                 out.append(
@@ -170,11 +200,12 @@ def layer_map_svg(plan: Plan, num_blocks: int) -> str:
                 )
     axis_y = top + len(rows) * (cell_h + gap) + 12
     step = 1 if num_blocks <= 16 else 5
-    for b in range(0, num_blocks, step):
-        x = left + b * (cell_w + gap) + cell_w / 2
+    for c, (label, _, _) in enumerate(_columns(shape, rows[0])):
+        if c % step and c < num_blocks:
+            continue
         out.append(
-            f'<text x="{x:.1f}" y="{axis_y}" font-size="10" text-anchor="middle" {_FONT} '
-            f'fill="{_TEXT}">{b}</text>'
+            f'<text x="{cell_x(c) + cell_w / 2:.1f}" y="{axis_y}" font-size="10" text-anchor="middle" {_FONT} '
+            f'fill="{_TEXT}">{label}</text>'
         )
     legend_y = axis_y + 20
     x = left
