@@ -243,6 +243,20 @@ def _basis(states: list[torch.Tensor], width: int) -> tuple[torch.Tensor, torch.
     return vectors[:, :width].cpu(), torch.tensor(kept)
 
 
+def _aligned(basis: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """`basis` turned within its own span to be as close as possible to `previous` (orthogonal
+    Procrustes). The sliced model depends only on the spans, so this changes no output; it makes
+    each shortcut matrix (``basis.T @ previous``) nearly the identity instead of a dense mixing,
+    so a residual stream with very large coordinates (SmolLM2's reach 22,000) is not smeared over
+    every coordinate and rounded there. At full width it makes every basis equal."""
+    overlap = basis.T.double() @ previous.double()  # d_new x d_prev
+    square = torch.zeros(basis.shape[1], basis.shape[1], dtype=torch.float64)
+    cols = min(basis.shape[1], previous.shape[1])
+    square[:, :cols] = overlap[:, :cols]
+    u, _, vh = torch.linalg.svd(square)
+    return basis.double() @ (u @ vh)
+
+
 @torch.no_grad()
 def rotate_and_slice(
     ctx: MethodContext, widths: list[int], final_width: int
@@ -271,6 +285,7 @@ def rotate_and_slice(
             )
             states[k] = x + (out[0] if isinstance(out, tuple) else out)
         q_mid, share_mid = _basis(states, widths[b])
+        q_mid = _aligned(q_mid, q_in)
         _project(states, q_mid)
         for k, x in enumerate(states):
             states[k] = x + mlp(mlp_norm(x))
@@ -278,6 +293,7 @@ def rotate_and_slice(
         mids.append(q_mid)
         kept.append({"input": float(share_in), "mid": float(share_mid)})
         q_in, share_in = _basis(states, widths[b + 1] if b + 1 < len(blocks) else final_width)
+        q_in = _aligned(q_in, q_mid)
     inputs.append(q_in)
     kept.append({"input": float(share_in)})
     return Bases(inputs, mids), kept

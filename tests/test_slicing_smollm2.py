@@ -1,0 +1,73 @@
+"""SliceGPT on real weights: SmolLM2-135M-Instruct (30 blocks, tied embeddings, hidden size 576)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hubprune.data import build_calibration, load_texts
+from hubprune.evaluation.perplexity import perplexity
+from hubprune.export_hetero import load_hetero
+from hubprune.methods import Budget
+from hubprune.pipeline import CalibrationOptions, SourceOptions, load, prune, score
+from hubprune.rotation import Bases, projected
+
+pytestmark = pytest.mark.slow
+CALIBRATION = CalibrationOptions(dataset="offline:lee-background", samples=8, seq_len=128, seed=0)
+
+
+@pytest.fixture(scope="module")
+def loaded(smollm2_dir):
+    return load(SourceOptions(str(smollm2_dir), dtype="float32"))
+
+
+@pytest.mark.parametrize(("dtype", "atol"), [(torch.float64, 1e-6), (torch.float32, 3e-4)])
+@torch.no_grad()
+def test_rotated_smollm2_export_reproduces_the_dense_logits(smollm2_dir, tmp_path, dtype, atol) -> None:
+    """Slicing 0: norms folded into 30 blocks, every weight rotated, 60 shortcut matrices, the
+    tied head untied and rotated. In float64 the logits are the dense model's to 1e-6: the rotation
+    is exact. In float32 the rotated weights are rounded once more than the dense ones, and
+    SmolLM2's residual stream has coordinates in the thousands, so logits of magnitude ~30 move
+    by up to ~2e-4 (the dense model itself moves by 6e-5 between float32 and float64)."""
+    manifest = prune(
+        SourceOptions(str(smollm2_dir), dtype=str(dtype).removeprefix("torch.")),
+        "slicegpt",
+        None,
+        tmp_path / "rotated",
+        calibration=CALIBRATION,
+        export_format="compact",
+    )
+    assert manifest.export["slicing"]["hidden_sizes"] == [576] * 30
+    assert manifest.export["slicing"]["lm_head_untied"] is True
+    dense = load(SourceOptions(str(smollm2_dir), dtype=str(dtype).removeprefix("torch.")))
+    rotated = load_hetero(tmp_path / "rotated", dtype=dtype)
+    # The rotation is real: the embeddings are not the dense ones in another order.
+    assert (rotated.model.embed_tokens.weight - dense.model.model.embed_tokens.weight).abs().max() > 1e-2
+    ids = dense.tokenizer("The quick brown fox jumps over the lazy dog. " * 6, return_tensors="pt").input_ids
+    torch.testing.assert_close(rotated(ids).logits, dense.model(ids).logits, atol=atol, rtol=0)
+
+
+@torch.no_grad()
+def test_principal_directions_beat_random_ones_at_the_same_widths(loaded) -> None:
+    """The PCA is what makes slicing work: random orthonormal bases of the same widths are far worse."""
+    held_out = build_calibration(
+        loaded.tokenizer, load_texts("offline:xsum"), samples=8, seq_len=256, seed=1234
+    )
+    plan = score(loaded, "slicegpt", Budget(0.2), calibration=CALIBRATION)
+    bases = Bases.from_tensors(plan.tensors, 30)
+    assert bases.widths == [464] * 18 + [456] * 12  # mean slice exactly 20%, in steps of 8
+    generator = torch.Generator().manual_seed(0)
+
+    def random_basis(width: int) -> torch.Tensor:
+        q, _ = torch.linalg.qr(torch.randn(576, 576, generator=generator, dtype=torch.float64))
+        return q[:, :width].float()
+
+    shuffled = Bases(
+        [random_basis(q.shape[1]) for q in bases.inputs], [random_basis(q.shape[1]) for q in bases.mids]
+    )
+    dense = perplexity(loaded.model, held_out.batches(8))
+    with projected(loaded.model, loaded.adapter, bases):
+        sliced = perplexity(loaded.model, held_out.batches(8))
+    with projected(loaded.model, loaded.adapter, shuffled):
+        random = perplexity(loaded.model, held_out.batches(8))
+    assert dense < sliced < random / 3, (dense, sliced, random)
