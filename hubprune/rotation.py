@@ -62,6 +62,18 @@ class Bases:
             if q_in.shape[1] != q_mid.shape[1]:
                 raise ValueError(f"block {i} reads width {q_in.shape[1]} but its MLP reads {q_mid.shape[1]}")
 
+    def orthonormal(self) -> Bases:
+        """The same bases in float64 with exactly orthonormal columns (the nearest such matrix,
+        U Vᵀ of each SVD). Plan tensors are float32; rotating with slightly non-orthogonal bases
+        would make a shortcut between two equal bases Qᵀ Q = I + O(1e-7) instead of I, which mixes
+        a residual coordinate of thousands into every other one."""
+
+        def fix(q: torch.Tensor) -> torch.Tensor:
+            u, _, vh = torch.linalg.svd(q.double(), full_matrices=False)
+            return u @ vh
+
+        return Bases([fix(q) for q in self.inputs], [fix(q) for q in self.mids])
+
     @property
     def widths(self) -> list[int]:
         """d_i of every block."""
@@ -121,6 +133,8 @@ def sliced_state_dict(
     ``rotated_residual``) from the dense model's `state_dict` (native names; a tied ``lm_head``
     may be absent) and `bases`. Arithmetic is float64; results have the dense tensors' dtype."""
     check_rotatable(adapter)
+    if bases.inputs[0].device.type != "meta":
+        bases = bases.orthonormal()
     state = dict(state_dict)
     embed_key = f"{adapter.embed}.weight"
     dtype = state[embed_key].dtype
