@@ -52,6 +52,9 @@ def main() -> int:
         help="wanda-sp: share of FLOPs per token to remove; slicing: share of the hidden width to slice",
     )
     parser.add_argument("--base", type=float, default=0.1, help="dynamic-slicing: SB, the base slice")
+    parser.add_argument(
+        "--slice-head", action="store_true", help="slicing: lm_head reads the sliced width too"
+    )
     parser.add_argument("--scope", default="global", choices=["global", "uniform"])
     parser.add_argument("--multiple-of", type=int, default=64, help="MLP widths rounded to this multiple")
     parser.add_argument("--prompt-tokens", type=int, default=256)
@@ -72,7 +75,10 @@ def main() -> int:
             out,
             calibration=CalibrationOptions(dataset="offline:lee-background", samples=8, seq_len=128),
             method_params=(
-                ({"base": args.base} if args.method == "dynamic-slicing" else {})
+                {
+                    "slice_head": args.slice_head,
+                    **({"base": args.base} if args.method == "dynamic-slicing" else {}),
+                }
                 if slicing
                 else {"scope": args.scope, "multiple_of": args.multiple_of}
             ),

@@ -363,9 +363,9 @@ def _plan(ctx: MethodContext, params: SliceGPTParams, method: str, dynamic: bool
     )
     meaning = (
         "slice fraction asked per block, s_i = SB + (SP - SB) n_i / mean(n) from layer redundancy "
-        "(mean cos of block input and output, min-max normalised); `width` is what rounding and clipping gave"
+        "(mean cos of block input and output, min-max normalised); the width is what rounding and clipping gave"
         if dynamic
-        else "slice fraction asked per block (the same everywhere); `width` is the kept residual width"
+        else "slice fraction asked per block (the same everywhere); the width is the kept residual width"
     )
     record = asdict(params)
     if lr_provenance is not None:
