@@ -368,7 +368,8 @@ def write_sliced_shape(
     """The export of a rotated and sliced residual stream (`shape.rotated`, bases in
     `plan_tensors`): only the heterogeneous format can hold it (per-block hidden widths and
     shortcut matrices); plain and nemotron-nas are refused. The record's `_model` is the sliced
-    model the weights were checked against."""
+    model the weights were checked against. `model` is consumed (left on the meta device): its
+    weights are freed as the sliced ones are made, so memory never holds both."""
     from hubprune.export_hetero import write_hetero
     from hubprune.rotation import ATTN_SHORTCUT, MLP_SHORTCUT, Bases, sliced_state_dict
 
@@ -380,14 +381,18 @@ def write_sliced_shape(
             "widths and shortcut matrices); use --format compact"
         )
     bases = Bases.from_tensors(plan_tensors, shape.dims.num_blocks)
-    state = sliced_state_dict(model.state_dict(), adapter, bases)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    dtype = next(model.parameters()).dtype
+    dense = dict(model.state_dict())
+    model.to("meta")  # the dense weights now live only in `dense`, which slicing empties as it goes
+    state = sliced_state_dict(dense, adapter, bases, consume=True)
     head = f"{adapter.lm_head}.weight"
     slicing = {
         "hidden_sizes": bases.widths,
         "final_hidden_size": bases.final_width,
         "shortcut_params": sum(t.numel() for k, t in state.items() if k.endswith(shortcut_suffixes)),
         "lm_head_params": state[head].numel(),
-        "lm_head_untied": bool(getattr(model.config, "tie_word_embeddings", False)),
+        "lm_head_untied": tied,
     }
     record = write_hetero(
         state,
@@ -395,7 +400,7 @@ def write_sliced_shape(
         [b.layer_config() for b in shape.blocks],
         folder,
         residual={"final_hidden_size": shape.final_hidden_size},
-        dtype=next(model.parameters()).dtype,
+        dtype=dtype,
         tokenizer=tokenizer,
         generation_config=getattr(model, "generation_config", None),
         source_dir=source_dir,

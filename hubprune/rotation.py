@@ -120,22 +120,38 @@ def _name(adapter: ArchAdapter, block: int, module: str) -> str:
     return f"{adapter.layers}.{block}.{module}"
 
 
-def _fold(weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """`weight` (out x in) with its input columns multiplied by a norm's scale, in float64."""
-    w = weight.double()
-    return w if scale is None else w * scale.double().unsqueeze(0)
+#: Rows of a reader rotated at a time: the float64 copy of a 49k-row embedding would be larger
+#: than the float32 model's blocks together.
+ROW_CHUNK = 4096
+
+
+def _read(
+    weight: torch.Tensor, scale: torch.Tensor | None, basis: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """A reader of the stream (out x D) with its input columns scaled by a norm's weights (folded)
+    and rotated onto `basis` (D x d), in float64, a slice of rows at a time."""
+    if weight.device.type == "meta":
+        return torch.empty(weight.shape[0], basis.shape[1], device="meta", dtype=dtype)
+    out = torch.empty(weight.shape[0], basis.shape[1], dtype=dtype, device=weight.device)
+    factor = None if scale is None else scale.double().unsqueeze(0)
+    for start in range(0, weight.shape[0], ROW_CHUNK):
+        rows = weight[start : start + ROW_CHUNK].double()
+        out[start : start + ROW_CHUNK] = ((rows if factor is None else rows * factor) @ basis).to(dtype)
+    return out
 
 
 def sliced_state_dict(
-    state_dict: Mapping[str, torch.Tensor], adapter: ArchAdapter, bases: Bases
+    state_dict: Mapping[str, torch.Tensor], adapter: ArchAdapter, bases: Bases, *, consume: bool = False
 ) -> dict[str, torch.Tensor]:
     """The tensors of the sliced model (the contract of the heterogeneous format's
     ``rotated_residual``) from the dense model's `state_dict` (native names; a tied ``lm_head``
-    may be absent) and `bases`. Arithmetic is float64; results have the dense tensors' dtype."""
+    may be absent) and `bases`. Arithmetic is float64; results have the dense tensors' dtype.
+    `consume=True` empties the (mutable) `state_dict` as it goes, so a caller that holds no other
+    reference to the dense weights never holds both models at once."""
     check_rotatable(adapter)
     if bases.inputs[0].device.type != "meta":
         bases = bases.orthonormal()
-    state = dict(state_dict)
+    state = state_dict if consume else dict(state_dict)
     embed_key = f"{adapter.embed}.weight"
     dtype = state[embed_key].dtype
     num_blocks = len(bases.mids)
@@ -144,7 +160,7 @@ def sliced_state_dict(
 
     def take(key: str) -> torch.Tensor:
         used.add(key)
-        return state[key]
+        return state.pop(key) if consume else state[key]
 
     def norm_scale(block: int, norms: tuple[str, ...]) -> torch.Tensor:
         return take(f"{_name(adapter, block, norms[0])}.weight")
@@ -164,7 +180,7 @@ def sliced_state_dict(
             bias_key = f"{prefix}.bias"
             bias = take(bias_key) if bias_key in state else None
             if p.reads == RESIDUAL:
-                out[f"{prefix}.weight"] = (_fold(weight, scales[p.sublayer]) @ reads[p.sublayer]).to(dtype)
+                out[f"{prefix}.weight"] = _read(weight, scales[p.sublayer], reads[p.sublayer], dtype)
                 if bias is not None:
                     out[bias_key] = bias
             elif RESIDUAL in p.writes:
@@ -178,11 +194,11 @@ def sliced_state_dict(
         out[f"{_name(adapter, b, MLP_SHORTCUT)}.weight"] = (q_out.T @ q_mid).to(dtype)
 
     embedding = take(embed_key)
-    out[embed_key] = (embedding.double() @ bases.inputs[0].double()).to(dtype)
+    out[embed_key] = _read(embedding, None, bases.inputs[0].double(), dtype)
     head_key = f"{adapter.lm_head}.weight"
-    head = take(head_key) if head_key in state else embedding
+    head = take(head_key) if head_key in state and head_key not in used else embedding
     final_scale = take(f"{adapter.final_norm}.weight")
-    out[head_key] = (_fold(head, final_scale) @ bases.inputs[-1].double()).to(dtype)
+    out[head_key] = _read(head, final_scale, bases.inputs[-1].double(), dtype)
 
     # Whatever is left (Qwen3's per-head q/k norms, rotary buffers) does not touch the stream.
     for key, tensor in state.items():

@@ -289,12 +289,12 @@ def rotate_and_slice(
         _project(states, q_mid)
         for k, x in enumerate(states):
             states[k] = x + mlp(mlp_norm(x))
-        inputs.append(q_in)
-        mids.append(q_mid)
+        inputs.append(q_in.float())  # what the plan stores; the export restores orthonormality
+        mids.append(q_mid.float())
         kept.append({"input": float(share_in), "mid": float(share_mid)})
         q_in, share_in = _basis(states, widths[b + 1] if b + 1 < len(blocks) else final_width)
         q_in = _aligned(q_in, q_mid)
-    inputs.append(q_in)
+    inputs.append(q_in.float())
     kept.append({"input": float(share_in)})
     return Bases(inputs, mids), kept
 
