@@ -6,10 +6,13 @@ directly. Each returns plain objects (a Plan, a Manifest) that the next stage co
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from hubprune import data as data_mod
 from hubprune import offline
@@ -19,13 +22,33 @@ from hubprune.cost import budget_reached, model_cost
 from hubprune.data import CalibrationBatch, TextSource
 from hubprune.errors import RecipeError
 from hubprune.export import DEFAULT_MAX_SHARD_SIZE, write_plain
+from hubprune.formats import DEVICE_MAP_AUTO, PLAIN, format_of
 from hubprune.methods import Budget, MethodContext, get_method
 from hubprune.plan import Manifest, Plan
 from hubprune.redact import public_text
 from hubprune.rundir import prepare_out_dir, staged_folder
 from hubprune.shape import Dims
-from hubprune.source import ResolvedSource, is_local, load_model, read_model_config, resolve_source
+from hubprune.source import (
+    ResolvedSource,
+    default_device,
+    is_local,
+    load_model,
+    read_model_config,
+    resolve_dtype,
+    resolve_source,
+)
+from hubprune.streaming import (
+    FITS_FRACTION,
+    StreamedWeights,
+    TensorFiles,
+    available_memory,
+    loaded_bytes,
+    refuse_whole_model_method,
+    skeleton,
+)
 from hubprune.surgery import apply_plan
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +61,11 @@ class SourceOptions:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     base_model: str | None = None
+    #: Score one block at a time, read from the checkpoint (:mod:`hubprune.streaming`): True, False,
+    #: or None to decide from the model's size and the device's free memory.
+    stream: bool | None = None
+    #: Streamed scoring saves its activations after every block, so a killed run resumes.
+    resumable: bool = False
 
 
 @dataclass
@@ -62,14 +90,28 @@ class Loaded:
     tokenizer: Any
     adapter: ArchAdapter
     timings: dict[str, float] = field(default_factory=dict)
+    #: Set when the model is streamed: `model` is then an empty skeleton (:mod:`hubprune.streaming`).
+    weights: StreamedWeights | None = None
+    #: Why the model is streamed, or not, for the log and the manifest.
+    stream_reason: str = ""
 
 
-def load(options: SourceOptions, resolved: ResolvedSource | None = None) -> Loaded:
-    """Resolve (download or convert) and load the model, checking the family first."""
+def load(
+    options: SourceOptions, resolved: ResolvedSource | None = None, *, method: str | None = None
+) -> Loaded:
+    """Resolve (download or convert) and load the model, checking the family first; or, when it is
+    to be streamed (:func:`choose_streaming` for `method`), build its empty skeleton only."""
     start = time.perf_counter()
     source = resolved or resolve_source(
         options.spec, allow_pickle=options.allow_pickle, base_model=options.base_model
     )
+    streamed, reason = choose_streaming(options, source, method)
+    if streamed:
+        loaded = _load_streamed(options, source)
+        loaded.stream_reason = reason
+        logger.warning("Streaming %s block by block: %s", options.spec, reason)
+        loaded.timings["load_s"] = time.perf_counter() - start
+        return loaded
     model, tokenizer = load_model(
         source,
         dtype=options.dtype,
@@ -77,7 +119,60 @@ def load(options: SourceOptions, resolved: ResolvedSource | None = None) -> Load
         trust_remote_code=options.trust_remote_code,
         allow_pickle=options.allow_pickle,
     )
-    return Loaded(source, model, tokenizer, adapter_for(model), {"load_s": time.perf_counter() - start})
+    timings = {"load_s": time.perf_counter() - start}
+    return Loaded(source, model, tokenizer, adapter_for(model), timings, stream_reason=reason)
+
+
+def choose_streaming(options: SourceOptions, source: ResolvedSource, method: str | None) -> tuple[bool, str]:
+    """Whether to stream the model block by block, and why: when asked (`--stream`), or when its
+    weights would not fit in the free memory of the device and `method` can stream."""
+    spec = get_method(method) if method is not None else None
+    if options.stream is False:
+        return False, "not streamed (--no-stream)"
+    if options.stream:
+        if spec is not None and not spec.streams:
+            raise refuse_whole_model_method(spec.name)
+        if options.device == DEVICE_MAP_AUTO:
+            raise RecipeError("--stream and --device auto are two ways to fit a large model: choose one")
+        return True, "asked (--stream)"
+    if (
+        options.device == DEVICE_MAP_AUTO
+        or format_of(read_model_config(source.local_dir, source.spec)) is not PLAIN
+    ):
+        return False, ""
+    device = options.device or default_device()
+    need = loaded_bytes(source.local_dir, resolve_dtype(options.dtype, device))
+    if need is None:
+        return False, ""
+    free = available_memory(device)
+    if need <= FITS_FRACTION * free:
+        return False, ""
+    sizes = f"the weights take {need / 2**30:.1f} GiB loaded, the {device} has {free / 2**30:.1f} GiB free"
+    if spec is not None and not spec.streams:
+        logger.warning("%s; method '%s' needs the whole model, loading it anyway", sizes, spec.name)
+        return False, ""
+    return True, f"{sizes} (more than {FITS_FRACTION:.0%})"
+
+
+def _load_streamed(options: SourceOptions, source: ResolvedSource) -> Loaded:
+    """The model as an empty skeleton over its safetensors files, with its tokenizer."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config_dict = read_model_config(source.local_dir, source.spec)
+    adapter = adapter_for(config_dict)
+    if format_of(config_dict) is not PLAIN:
+        raise RecipeError(f"--stream reads native checkpoints only; {source.spec} is a compact export")
+    device = options.device or default_device()
+    dtype = resolve_dtype(options.dtype, device)
+    config = AutoConfig.from_pretrained(source.local_dir, trust_remote_code=options.trust_remote_code)
+    if dtype == "auto":
+        dtype = config.dtype or torch.float32
+    model = skeleton(config, dtype, options.trust_remote_code)
+    weights = StreamedWeights(
+        model, adapter, TensorFiles(source.local_dir), device, resumable=options.resumable
+    )
+    tokenizer = AutoTokenizer.from_pretrained(source.local_dir, trust_remote_code=options.trust_remote_code)
+    return Loaded(source, model, tokenizer, adapter, weights=weights)
 
 
 def calibration_text(options: CalibrationOptions, source_spec: str) -> TextSource:
@@ -154,6 +249,7 @@ def score(
         batch_size=batch_size,
         checkpoint=checkpoint,
         calibrate_on=lambda dataset: calibrate(loaded, replace(calibration, dataset=dataset, config=None)),
+        weights=loaded.weights,
     )
     plan = spec.plan_fn(ctx, params)
     checkpoint.clear()  # the plan is complete: nothing left to resume
@@ -199,6 +295,8 @@ def prune(
     spec = get_method(method)
     spec.make_params(method_params)  # a bad method argument fails before loading weights
     spec.check_budget(budget)
+    if source.stream and not spec.streams:
+        raise refuse_whole_model_method(spec.name)
     # Checks in order of cost: a local model's config (free), then the calibration text (a
     # missing file or column, or no Hub, fails before any download), then a Hub model's download.
     calibration = calibration or CalibrationOptions()
@@ -213,7 +311,7 @@ def prune(
     ):
         calibration_text(replace(calibration, dataset=other, config=None), source.spec)  # fails fast
     resolved = resolved or _resolve_and_check(source, spec, budget, method_params, export_format)
-    loaded = load(source, resolved)
+    loaded = load(source, resolved, method=method)
     before = model_cost(loaded.model, adapter=loaded.adapter)
     start = time.perf_counter()
     plan = score(
@@ -226,6 +324,11 @@ def prune(
         texts=texts,
     )
     score_s = time.perf_counter() - start
+    streamed, stream_reason = loaded.weights is not None, loaded.stream_reason
+    resumed = loaded.weights.resumed_from if streamed else {}
+    if streamed:  # the export of a streamed model's plan holds the whole model, for now
+        logger.warning("Loading %s whole to export the plan", source.spec)
+        loaded = load(replace(source, stream=False), loaded.source)
     # The manifest goes into the staging folder too: the run folder appears complete or not at all.
     with staged_folder(out_dir, overwrite, source=loaded.source.local_dir) as folder:
         export = _apply_and_export(loaded, plan, folder, export_format, max_shard_size)
@@ -244,6 +347,9 @@ def prune(
                     "load_s": round(loaded.timings["load_s"], 2),
                     "score_s": round(score_s, 2),
                     "batch_size": batch_size,
+                    "streamed": streamed,
+                    **({"stream_reason": stream_reason} if stream_reason else {}),
+                    **({"stream_resumed_at_block": resumed} if resumed else {}),
                 }
             },
             recipe=recipe,
@@ -272,7 +378,6 @@ def _resolve_and_check(
     """Resolve the source and check what its config alone decides: family, unit budget, format."""
     resolved = resolve_source(source.spec, allow_pickle=source.allow_pickle, base_model=source.base_model)
     config = read_model_config(resolved.local_dir, source.spec)
-    from hubprune.formats import PLAIN, format_of
 
     fmt = format_of(config)
     if fmt is not PLAIN:

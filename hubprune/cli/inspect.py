@@ -21,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "With --amount, the units that prune would remove are marked.",
     )
     options.add_source_options(parser)
+    options.add_stream_options(parser)
     options.add_method_options(parser, amount_required=False)
     options.add_calibration_options(parser)
     parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> None:
 
     budget = options.budget(args)
     method_params = options.method_params(args)  # bad --method-arg values fail before loading
-    loaded = load(options.source_options(args))
+    loaded = load(options.source_options(args), method=args.method)
     plan = score(
         loaded,
         args.method,

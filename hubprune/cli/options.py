@@ -38,6 +38,22 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_stream_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("models larger than memory")
+    group.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="score one block at a time, read from the checkpoint (default: only when the model does not fit "
+        "in the device's free memory); methods that need the whole model refuse it",
+    )
+    group.add_argument(
+        "--resumable",
+        action="store_true",
+        help="with streaming: save the activations after every block, so that a killed run resumes there",
+    )
+
+
 def add_method_options(parser: argparse.ArgumentParser, *, amount_required: bool) -> None:
     group = parser.add_argument_group("method and budget")
     group.add_argument("--method", required=True, help="pruning method (see `hubprune ls methods`)")
@@ -103,6 +119,8 @@ def source_options(args: Any) -> Any:
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
         base_model=args.base_model,
+        stream=getattr(args, "stream", None),
+        resumable=getattr(args, "resumable", False),
     )
 
 

@@ -17,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--calibration offline:lee-background --out out/smollm2-bi6",
     )
     options.add_source_options(parser)
+    options.add_stream_options(parser)
     options.add_method_options(parser, amount_required=True)
     options.add_calibration_options(parser)
     group = parser.add_argument_group("output")

@@ -15,7 +15,7 @@ import torch
 
 from hubprune.cost import block_savings
 from hubprune.methods.blocks import block_plan
-from hubprune.methods.capture import stream_blocks
+from hubprune.methods.capture import run_blocks
 from hubprune.methods.metrics import angular_distance
 from hubprune.methods.registry import MethodContext, MethodSpec, register_method
 from hubprune.plan import Plan
@@ -28,25 +28,28 @@ class AngularParams:
 
 def angular_run_distances(ctx: MethodContext, n: int) -> list[float]:
     """Mean angular distance d(i, n) for every start i in 0..L-n."""
-    assert ctx.calibration is not None
     blocks = ctx.adapter.num_blocks(ctx.model)
-    last_states: dict[int, torch.Tensor] = {}  # boundary index -> [B, D] state at the last real token
+    # "last_states": batch -> boundary index -> [B, D] state at the last real token (L+1 small
+    # vectors per row); in a dict the streamed engine saves and restores when it resumes
+    state: dict[str, dict[int, dict[int, torch.Tensor]]] = {"last_states": {}}
 
     def last_token(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         last = mask.long().sum(dim=1) - 1  # right padding: the last real token
-        return h[torch.arange(h.shape[0], device=h.device), last]
+        return h[torch.arange(h.shape[0], device=h.device), last].cpu()
 
-    def on_block(i: int, h_in: torch.Tensor, h_out: torch.Tensor, mask: torch.Tensor) -> None:
-        last_states[i] = last_token(h_in, mask)
+    def on_block(i: int, b: int, h_in: torch.Tensor, h_out: torch.Tensor, mask: torch.Tensor) -> None:
+        states = state["last_states"].setdefault(b, {})
+        states[i] = last_token(h_in, mask)
         if i == blocks - 1:
-            last_states[blocks] = last_token(h_out, mask)
+            states[blocks] = last_token(h_out, mask)
 
+    masks = run_blocks(ctx, on_block, state=state, tag="angular")
+    last_states = state["last_states"]
     sums = [0.0] * (blocks - n + 1)
-    count = 0
-    for mask in stream_blocks(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, on_block):
+    for b in range(len(masks)):
         for i in range(blocks - n + 1):
-            sums[i] += float(angular_distance(last_states[i], last_states[i + n]).sum())
-        count += mask.shape[0]
+            sums[i] += float(angular_distance(last_states[b][i], last_states[b][i + n]).sum())
+    count = sum(mask.shape[0] for mask in masks)
     return [s / count for s in sums]
 
 
@@ -80,6 +83,7 @@ SPEC = register_method(
         params_cls=AngularParams,
         plan_fn=plan_angular,
         needs_calibration=True,
+        streams=True,
         citation="@article{gromov2024unreasonable, title={The Unreasonable Ineffectiveness of the Deeper Layers}, "
         "author={Gromov, Andrey and others}, journal={arXiv preprint arXiv:2403.17887}, year={2024}}",
     )

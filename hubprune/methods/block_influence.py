@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from hubprune.methods.blocks import block_plan
-from hubprune.methods.capture import stream_blocks
+from hubprune.methods.capture import run_blocks
 from hubprune.methods.metrics import block_influence, masked_mean
 from hubprune.methods.registry import MethodContext, MethodSpec, register_method
 from hubprune.plan import Plan
@@ -24,17 +24,13 @@ class BlockInfluenceParams:
 
 def block_influence_scores(ctx: MethodContext) -> list[float]:
     """Mean BI of every block over all non-padding calibration tokens."""
-    assert ctx.calibration is not None
-    sums = [0.0] * ctx.adapter.num_blocks(ctx.model)
+    state = {"sums": [0.0] * ctx.adapter.num_blocks(ctx.model)}
 
-    def on_block(i: int, h_in: torch.Tensor, h_out: torch.Tensor, mask: torch.Tensor) -> None:
-        sums[i] += masked_mean(block_influence(h_in, h_out), mask)[0]
+    def on_block(i: int, _b: int, h_in: torch.Tensor, h_out: torch.Tensor, mask: torch.Tensor) -> None:
+        state["sums"][i] += masked_mean(block_influence(h_in, h_out), mask)[0]
 
-    count = sum(
-        int(mask.sum())
-        for mask in stream_blocks(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, on_block)
-    )
-    return [s / count for s in sums]
+    count = sum(int(mask.sum()) for mask in run_blocks(ctx, on_block, state=state, tag="block-influence"))
+    return [s / count for s in state["sums"]]
 
 
 def plan_block_influence(ctx: MethodContext, params: BlockInfluenceParams) -> Plan:
@@ -58,6 +54,7 @@ SPEC = register_method(
         params_cls=BlockInfluenceParams,
         plan_fn=plan_block_influence,
         needs_calibration=True,
+        streams=True,
         citation="@article{men2024shortgpt, title={ShortGPT: Layers in Large Language Models are More Redundant "
         "Than You Expect}, author={Men, Xin and others}, journal={arXiv preprint arXiv:2403.03853}, year={2024}}",
     )

@@ -33,5 +33,6 @@ SPEC = register_method(
         params_cls=RandomParams,
         plan_fn=plan_random,
         needs_calibration=False,
+        streams=True,  # needs no weights at all
     )
 )

@@ -32,6 +32,9 @@ class MethodContext:
     #: Calibration windows (same count, length and seed) cut from another text source, for a
     #: method that measures something on a second text (dynamic slicing's layer redundancy).
     calibrate_on: Callable[[str], CalibrationBatch] | None = None
+    #: When the model is streamed (:class:`hubprune.streaming.StreamedWeights`), `model` is an empty
+    #: skeleton and blocks are read from the checkpoint one at a time (:func:`capture.run_blocks`).
+    weights: Any = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class MethodSpec:
     budget_kinds: tuple[str, ...] = ("units", "params", "flops", "kv")
     #: Whether its plans rotate and slice the residual stream (only the compact format holds them).
     slices_residual: bool = False
+    #: Whether it can score a streamed model, one block resident at a time (`--stream`); methods
+    #: that need every block at once (searches over the whole model) cannot.
+    streams: bool = False
 
     def check_budget(self, budget: Budget | None) -> None:
         """Refuse a budget kind this method cannot meet, naming the ones it can."""

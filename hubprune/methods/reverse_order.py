@@ -35,6 +35,7 @@ SPEC = register_method(
         params_cls=ReverseOrderParams,
         plan_fn=plan_reverse_order,
         needs_calibration=False,
+        streams=True,  # needs no weights at all
         citation="@article{lu2024reassessing, title={Reassessing Layer Pruning in LLMs: New Insights and Methods}, "
         "author={Lu, Yao and others}, journal={arXiv preprint arXiv:2411.15558}, year={2024}}",
     )

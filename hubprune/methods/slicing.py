@@ -23,18 +23,17 @@ give is spread over the others so the mean stays at SP (to within one `multiple_
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from hubprune.errors import BudgetError, RecipeError
 from hubprune.methods.block_influence import block_influence_scores
+from hubprune.methods.capture import block_inputs, resident
 from hubprune.methods.registry import MethodContext, MethodSpec, register_method
 from hubprune.plan import Plan, Unit
 from hubprune.rotation import Bases, check_rotatable, principal_basis
@@ -174,50 +173,6 @@ def widths_for(fractions: list[float], dense: int, multiple_of: int, floor: int,
     return [min(max(s * step, low), high) for s in steps]
 
 
-class _Stop(Exception):
-    """Ends a capture pass once the inputs are recorded."""
-
-
-@torch.no_grad()
-def _first_block_inputs(ctx: MethodContext) -> tuple[list[torch.Tensor], list[list[dict[str, Any]]]]:
-    """Per calibration batch, the residual stream entering block 0 and, per block, the keyword
-    arguments the model passes it (masks, rotary embeddings: a sliding-window block's mask differs
-    from a full one's), recorded in one pass that stops before the last block runs."""
-    assert ctx.calibration is not None
-    blocks = ctx.adapter.blocks(ctx.model)
-    hidden: list[torch.Tensor] = []
-    kwargs: list[list[dict[str, Any]]] = []
-    current: list[dict[str, Any]] = []
-
-    def hook(index: int):
-        def record(_m: nn.Module, args: tuple, kw: dict) -> None:
-            if index == 0:
-                hidden.append((args[0] if args else kw["hidden_states"]).detach().clone())
-            keep = {k: v for k, v in kw.items() if k not in ("hidden_states", "past_key_values", "cache")}
-            keep["use_cache"] = False
-            current.append(keep)
-            if index == len(blocks) - 1:
-                raise _Stop
-
-        return record
-
-    handles = [b.register_forward_pre_hook(hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
-    backbone = ctx.adapter.decoder_model(ctx.model)
-    device = ctx.model.get_input_embeddings().weight.device
-    try:
-        for input_ids, attention_mask in ctx.calibration.batches(ctx.batch_size):
-            current = []
-            with contextlib.suppress(_Stop):
-                backbone(
-                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False
-                )
-            kwargs.append(current)
-    finally:
-        for h in handles:
-            h.remove()
-    return hidden, kwargs
-
-
 def _second_moment(states: list[torch.Tensor]) -> torch.Tensor:
     """Σ xᵀx over every token of every batch, in float64 (windows are full: no padding)."""
     dim = states[0].shape[-1]
@@ -266,34 +221,37 @@ def rotate_and_slice(
     per block, the share of the stream's second moment each kept basis holds."""
     adapter, model = ctx.adapter, ctx.model
     blocks = adapter.blocks(model)
-    states, block_kwargs = _first_block_inputs(ctx)
+    with resident(ctx, model.get_submodule(adapter.embed)):
+        recorded = block_inputs(model, adapter, ctx.calibration, ctx.batch_size)
+    states, block_kwargs = recorded.states, recorded.kwargs
     inputs, mids, kept = [], [], []
     q_in, share_in = _basis(states, widths[0])
     for b, block in enumerate(tqdm(blocks, desc="Rotating and slicing", unit="block", leave=False)):
-        _project(states, q_in)
-        attn_norm, mlp_norm = (
-            getattr(block, names[0]) for names in (adapter.attention_norms, adapter.mlp_norms)
-        )
-        attention, mlp = getattr(block, adapter.attention), getattr(block, adapter.mlp)
-        for k, x in enumerate(states):
-            kw = block_kwargs[k][b]
-            out = attention(
-                hidden_states=attn_norm(x),
-                attention_mask=kw.get("attention_mask"),
-                position_embeddings=kw.get("position_embeddings"),
-                position_ids=kw.get("position_ids"),
+        with resident(ctx, block):  # read from the checkpoint when the model is streamed
+            _project(states, q_in)
+            attn_norm, mlp_norm = (
+                getattr(block, names[0]) for names in (adapter.attention_norms, adapter.mlp_norms)
             )
-            states[k] = x + (out[0] if isinstance(out, tuple) else out)
-        q_mid, share_mid = _basis(states, widths[b])
-        q_mid = _aligned(q_mid, q_in)
-        _project(states, q_mid)
-        for k, x in enumerate(states):
-            states[k] = x + mlp(mlp_norm(x))
-        inputs.append(q_in.float())  # what the plan stores; the export restores orthonormality
-        mids.append(q_mid.float())
-        kept.append({"input": float(share_in), "mid": float(share_mid)})
-        q_in, share_in = _basis(states, widths[b + 1] if b + 1 < len(blocks) else final_width)
-        q_in = _aligned(q_in, q_mid)
+            attention, mlp = getattr(block, adapter.attention), getattr(block, adapter.mlp)
+            for k, x in enumerate(states):
+                kw = block_kwargs[k][b]
+                out = attention(
+                    hidden_states=attn_norm(x),
+                    attention_mask=kw.get("attention_mask"),
+                    position_embeddings=kw.get("position_embeddings"),
+                    position_ids=kw.get("position_ids"),
+                )
+                states[k] = x + (out[0] if isinstance(out, tuple) else out)
+            q_mid, share_mid = _basis(states, widths[b])
+            q_mid = _aligned(q_mid, q_in)
+            _project(states, q_mid)
+            for k, x in enumerate(states):
+                states[k] = x + mlp(mlp_norm(x))
+            inputs.append(q_in.float())  # what the plan stores; the export restores orthonormality
+            mids.append(q_mid.float())
+            kept.append({"input": float(share_in), "mid": float(share_mid)})
+            q_in, share_in = _basis(states, widths[b + 1] if b + 1 < len(blocks) else final_width)
+            q_in = _aligned(q_in, q_mid)
     inputs.append(q_in.float())
     kept.append({"input": float(share_in)})
     return Bases(inputs, mids), kept
@@ -309,9 +267,7 @@ def layer_redundancy(
         if ctx.calibrate_on is None:
             raise RecipeError("lr_source needs a pipeline that can load text (run through hubprune prune)")
         batch = ctx.calibrate_on(params.lr_source)
-        lr_ctx = MethodContext(
-            ctx.model, ctx.adapter, ctx.budget, batch, seed=ctx.seed, batch_size=ctx.batch_size
-        )
+        lr_ctx = replace(ctx, calibration=batch, checkpoint=None)
         provenance = asdict(batch.info)
     return [1.0 - bi for bi in block_influence_scores(lr_ctx)], provenance
 
@@ -421,6 +377,7 @@ SLICEGPT = register_method(
         citation=SLICEGPT_CITATION,
         budget_kinds=("units",),
         slices_residual=True,
+        streams=True,
     )
 )
 DYNAMIC_SLICING = register_method(
@@ -435,5 +392,6 @@ DYNAMIC_SLICING = register_method(
         citation=DYNAMIC_CITATION,
         budget_kinds=("units",),
         slices_residual=True,
+        streams=True,
     )
 )

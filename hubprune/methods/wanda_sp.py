@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from hubprune.arch.adapter import CHANNELS, QUERY
-from hubprune.methods.capture import calibration_passes
+from hubprune.methods.capture import run_blocks
 from hubprune.methods.registry import MethodContext, MethodSpec, register_method
 from hubprune.methods.width import WidthParams, select_width, width_plan
 from hubprune.plan import Plan
@@ -36,55 +36,56 @@ class WandaSPParams(WidthParams):
 
 def column_scores(weight: torch.Tensor, input_sq_sum: torch.Tensor) -> torch.Tensor:
     """Wanda-SP score of every input column: ``sum_rows |W| * ||X_col||`` (one value per column)."""
-    return (weight.detach().abs().double() * input_sq_sum.double().sqrt()).sum(dim=0)
+    return (weight.detach().abs().double() * input_sq_sum.to(weight.device).double().sqrt()).sum(dim=0)
 
 
 @torch.no_grad()
-def input_norms(ctx: MethodContext) -> dict[tuple[int, str], tuple[nn.Module, torch.Tensor]]:
-    """Per (block, space) reader projection: the module and the sum over calibration tokens of the
-    squared input of each of its columns (padding excluded)."""
+def wanda_sp_scores(ctx: MethodContext) -> dict[str, list[torch.Tensor]]:
+    """{"heads": per block, one score per KV group; "channels": per block, one per channel}.
+
+    Forward pre-hooks on each block's reader projections accumulate the squared input of every
+    column over calibration tokens (padding excluded); once all batches went through a block, its
+    columns are scored against its weights (while they are resident, for a streamed model)."""
     assert ctx.calibration is not None
     adapter, model = ctx.adapter, ctx.model
-    sums: dict[tuple[int, str], tuple[nn.Module, torch.Tensor]] = {}
+    dims = Dims.from_config(model.config)
+    group_cols = dims.group_size * dims.head_dim
+    readers: dict[tuple[int, str], nn.Module] = {}
+    # input square sums per "block.space", then the scores: what a streamed run saves to resume
+    state: dict[str, dict] = {"sq": {}, "heads": {}, "channels": {}}
     current: list[torch.Tensor] = []
     hooks = []
+
+    def add(key: str, x: torch.Tensor) -> None:
+        x = x.double() * current[0].unsqueeze(-1)
+        sq = x.pow(2).sum(dim=(0, 1)).cpu()
+        state["sq"][key] = state["sq"][key] + sq if key in state["sq"] else sq
+
     for b, block in enumerate(adapter.blocks(model)):
         for space in (QUERY, CHANNELS):
             for p in adapter.readers_of(space):
                 root = adapter.attention if p.sublayer == "attn" else adapter.mlp
                 module = block.get_submodule(f"{root}.{p.name}")
-                sums[(b, space)] = (module, torch.zeros(module.in_features, dtype=torch.float64))
+                readers[(b, space)] = module
+                hooks.append(
+                    module.register_forward_pre_hook(lambda _m, args, k=f"{b}.{space}": add(k, args[0]))
+                )
 
-                def hook(_m: nn.Module, args: tuple, key: tuple[int, str] = (b, space)) -> None:
-                    x = args[0].double() * current[0].unsqueeze(-1)
-                    acc = sums[key][1]
-                    acc += x.pow(2).sum(dim=(0, 1)).to(acc.device)
+    def after_block(b: int, _block: nn.Module) -> None:
+        per_column = column_scores(readers[(b, QUERY)].weight, state["sq"].pop(f"{b}.{QUERY}"))
+        state["heads"][b] = per_column.view(dims.num_key_value_heads, group_cols).sum(dim=1).cpu()
+        state["channels"][b] = column_scores(
+            readers[(b, CHANNELS)].weight, state["sq"].pop(f"{b}.{CHANNELS}")
+        ).cpu()
 
-                hooks.append(module.register_forward_pre_hook(hook))
     try:
-        for _ in calibration_passes(
-            model, adapter, ctx.calibration, ctx.batch_size, "Wanda-SP input norms", current
-        ):
-            pass
+        run_blocks(
+            ctx, lambda *_: None, after_block=after_block, state=state, tag="wanda-sp", current=current
+        )
     finally:
         for h in hooks:
             h.remove()
-    return sums
-
-
-def wanda_sp_scores(ctx: MethodContext) -> dict[str, list[torch.Tensor]]:
-    """{"heads": per block, one score per KV group; "channels": per block, one per channel}."""
-    dims = Dims.from_config(ctx.model.config)
-    norms = input_norms(ctx)
-    heads, channels = [], []
-    group_cols = dims.group_size * dims.head_dim
-    for b in range(dims.num_blocks):
-        module, sq = norms[(b, QUERY)]
-        per_column = column_scores(module.weight, sq)
-        heads.append(per_column.view(dims.num_key_value_heads, group_cols).sum(dim=1))
-        module, sq = norms[(b, CHANNELS)]
-        channels.append(column_scores(module.weight, sq))
-    return {"heads": heads, "channels": channels}
+    return {key: [state[key][b] for b in range(dims.num_blocks)] for key in ("heads", "channels")}
 
 
 def plan_wanda_sp(ctx: MethodContext, params: WandaSPParams) -> Plan:
@@ -113,6 +114,7 @@ SPEC = register_method(
         plan_fn=plan_wanda_sp,
         needs_calibration=True,
         unit_kind="width",
+        streams=True,
         citation="@inproceedings{an2024flap, title={Fluctuation-based Adaptive Structured Pruning for Large "
         "Language Models}, author={An, Yongqi and Zhao, Xu and Yu, Tao and Tang, Ming and Wang, Jinqiao}, "
         "booktitle={AAAI}, year={2024}}",

@@ -1,0 +1,236 @@
+"""Models larger than memory: the model as an empty skeleton whose parts are read from its
+safetensors files when a computation needs them, and released afterwards.
+
+:class:`StreamedWeights` builds the model on the meta device (buffers such as rope frequencies
+are computed for real) and materialises one module at a time, the embeddings, one decoder block,
+the final norm and head, from the checkpoint's files (memory-mapped; each file is closed after
+the read, so its pages do not stay resident). The layer-wise engine in
+:mod:`hubprune.methods.capture` uses it to run the calibration batches through one block at a
+time, the scheme of SliceGPT and Wanda: only the embeddings (at the start), the current block and
+the activations are ever resident.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hubprune.arch import ArchAdapter
+from hubprune.errors import RecipeError, SourceError
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+class TensorFiles:
+    """The tensors of a checkpoint folder by name, read on demand from its safetensors files."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        index = self.folder / INDEX_FILE
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        elif (self.folder / SINGLE_FILE).is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(self.folder / SINGLE_FILE), framework="pt") as handle:
+                weight_map = dict.fromkeys(handle.keys(), SINGLE_FILE)
+        else:
+            raise SourceError(
+                f"{self.folder} has no safetensors weights to stream (model.safetensors or its index)"
+            )
+        self.weight_map: dict[str, str] = weight_map
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def read(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """The named tensors, as stored (copied out of the file, which is closed again)."""
+        from safetensors import safe_open
+
+        by_file: dict[str, list[str]] = defaultdict(list)
+        for name in names:
+            by_file[self.weight_map[name]].append(name)
+        out: dict[str, torch.Tensor] = {}
+        for file, wanted in by_file.items():
+            with safe_open(str(self.folder / file), framework="pt") as handle:
+                for name in wanted:
+                    out[name] = handle.get_tensor(name).clone()
+        return out
+
+    def total_bytes(self) -> int:
+        """What the weights weigh on disk (every safetensors file the folder's index names)."""
+        return sum((self.folder / f).stat().st_size for f in set(self.weight_map.values()))
+
+
+def skeleton(config: Any, dtype: torch.dtype, trust_remote_code: bool = False) -> nn.Module:
+    """The model of `config` with every parameter on the meta device (no memory) and its buffers
+    (rope frequencies) computed, in eval mode."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    return model.eval()
+
+
+class StreamedWeights:
+    """A skeleton model and the files its weights come from: `resident(module)` materialises a
+    module from the files for the duration of a `with`, then returns it to the meta device."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: ArchAdapter,
+        files: TensorFiles,
+        device: str | torch.device,
+        *,
+        resumable: bool = False,
+    ) -> None:
+        self.model, self.adapter, self.files = model, adapter, files
+        self.device = torch.device(device)
+        #: Save activations after every block so that a killed run resumes (:func:`run_blocks`).
+        self.resumable = resumable
+        #: Per streamed pass that resumed from a checkpoint, the block it resumed at.
+        self.resumed_from: dict[str, int] = {}
+        self.dtype = next(model.parameters()).dtype
+        self._names = {id(m): name for name, m in model.named_modules()}
+        for module in model.modules():  # computed buffers (rope) follow the computation's device
+            for key, buffer in list(module._buffers.items()):
+                if buffer is not None and buffer.device.type != "meta":
+                    module._buffers[key] = buffer.to(self.device)
+        missing = [n for n in self._checkpoint_names(model) if n not in files and not self._tied_head(n)]
+        if missing:
+            raise SourceError(
+                f"the checkpoint in {files.folder} does not hold {missing[0]} under the name the model uses "
+                f"({len(missing)} tensors differ); it cannot be streamed: load it whole (drop --stream)"
+            )
+
+    def _checkpoint_names(self, module: nn.Module) -> list[str]:
+        prefix = self._names[id(module)]
+        return [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(remove_duplicate=False)]
+
+    def _tied_head(self, name: str) -> bool:
+        return name == f"{self.adapter.lm_head}.weight" and bool(
+            getattr(self.model.config, "tie_word_embeddings", False)
+        )
+
+    def block(self, index: int) -> nn.Module:
+        return self.adapter.blocks(self.model)[index]
+
+    def load(self, module: nn.Module) -> None:
+        """Read `module`'s parameters from the files onto the device (a tied head from the embeddings)."""
+        prefix = self._names[id(module)]
+        names = self._checkpoint_names(module)
+        stored = [n if not self._tied_head(n) else f"{self.adapter.embed}.weight" for n in names]
+        tensors = self.files.read(stored)
+        state = {
+            name[len(prefix) + 1 :] if prefix else name: tensors[source].to(self.device, self.dtype)
+            for name, source in zip(names, stored, strict=True)
+        }
+        module.load_state_dict(state, strict=True, assign=True)
+
+    def release(self, module: nn.Module) -> None:
+        """Free `module`'s parameters (back to the meta device)."""
+        module.to("meta")
+
+    def activation_device(self, states: list[torch.Tensor]) -> torch.device:
+        """Where the activations between blocks live: on the compute device while they take at most
+        a quarter of its free memory, else in CPU memory (moved over one batch at a time)."""
+        size = sum(s.numel() * s.element_size() for s in states)
+        if self.device.type == "cpu" or size <= 0.25 * available_memory(self.device):
+            return self.device
+        logger.info("Activations (%.1f GiB) spill to CPU memory between blocks", size / 2**30)
+        return torch.device("cpu")
+
+    def after_checkpoint(self, next_block: int) -> None:
+        """Test hook: a fault point after the activations before block `next_block` are saved."""
+        from hubprune.rundir import fault_point
+
+        fault_point(f"stream-checkpoint-{next_block}")
+
+    @contextmanager
+    def resident(self, *modules: nn.Module) -> Iterator[None]:
+        """`modules` materialised inside the `with`, released after it (also on an error)."""
+        try:
+            for module in modules:
+                self.load(module)
+            yield
+        finally:
+            for module in modules:
+                self.release(module)
+
+
+def available_memory(device: str | torch.device) -> int:
+    """Bytes free for a model on `device`: free GPU memory, or the host's available memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+
+
+#: Fraction of the free memory a loaded model may take before hubprune streams it instead:
+#: the rest is for activations, the scoring itself and the export.
+FITS_FRACTION = 0.7
+
+
+def loaded_bytes(folder: str | Path, dtype: torch.dtype | str) -> int | None:
+    """What the safetensors weights in `folder` take in memory once loaded in `dtype` ("auto": as
+    stored), from the files' headers; None when the folder has none."""
+    from safetensors import safe_open
+
+    try:
+        files = TensorFiles(folder)
+    except SourceError:
+        return None
+    total = 0
+    for file in sorted(set(files.weight_map.values())):
+        with safe_open(str(files.folder / file), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
+                piece = handle.get_slice(name)
+                numel = math.prod(piece.get_shape())
+                size = _STORED_BYTES.get(piece.get_dtype(), 4) if dtype == "auto" else dtype.itemsize
+                total += numel * size
+    return total
+
+
+_STORED_BYTES = {
+    "F64": 8,
+    "I64": 8,
+    "F32": 4,
+    "I32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I16": 2,
+    "U8": 1,
+    "I8": 1,
+    "BOOL": 1,
+}
+
+
+def refuse_whole_model_method(method: str) -> RecipeError:
+    """The error for `--stream` with a method that needs every block resident at once."""
+    return RecipeError(
+        f"method '{method}' needs the whole model in memory at once and cannot stream it block by block; "
+        "drop --stream and load it on several GPUs with --device auto (accelerate's big-model inference), "
+        "or choose a streaming method (block-influence, angular, perplexity, wanda-sp, reverse-order, random)"
+    )
