@@ -20,6 +20,7 @@ built from the written config, so names and shapes are checked against the remot
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -364,12 +365,15 @@ def write_sliced_shape(
     source_dir: Path | None = None,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     extra_files: dict[str, str] | None = None,
+    dense: MutableMapping[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """The export of a rotated and sliced residual stream (`shape.rotated`, bases in
     `plan_tensors`): only the heterogeneous format can hold it (per-block hidden widths and
     shortcut matrices); plain and nemotron-nas are refused. The record's `_model` is the sliced
     model the weights were checked against. `model` is consumed (left on the meta device): its
-    weights are freed as the sliced ones are made, so memory never holds both."""
+    weights are freed as the sliced ones are made, so memory never holds both. `dense` gives the
+    dense weights instead of `model` (a streamed model's :class:`~hubprune.streaming.FileStateDict`:
+    read one tensor at a time, so memory holds the sliced model and one dense tensor)."""
     from hubprune.export_hetero import write_hetero
     from hubprune.rotation import ATTN_SHORTCUT, MLP_SHORTCUT, Bases, sliced_state_dict
 
@@ -383,8 +387,9 @@ def write_sliced_shape(
     bases = Bases.from_tensors(plan_tensors, shape.dims.num_blocks)
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     dtype = next(model.parameters()).dtype
-    dense = dict(model.state_dict())
-    model.to("meta")  # the dense weights now live only in `dense`, which slicing empties as it goes
+    if dense is None:
+        dense = dict(model.state_dict())
+        model.to("meta")  # the dense weights now live only in `dense`, which slicing empties as it goes
     state = sliced_state_dict(dense, adapter, bases, consume=True)
     head = f"{adapter.lm_head}.weight"
     slicing = {

@@ -39,6 +39,7 @@ from hubprune.source import (
 )
 from hubprune.streaming import (
     FITS_FRACTION,
+    FileStateDict,
     StreamedWeights,
     TensorFiles,
     available_memory,
@@ -168,6 +169,10 @@ def _load_streamed(options: SourceOptions, source: ResolvedSource) -> Loaded:
     if dtype == "auto":
         dtype = config.dtype or torch.float32
     model = skeleton(config, dtype, options.trust_remote_code)
+    if (source.local_dir / "generation_config.json").is_file():  # what from_pretrained would read
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(source.local_dir)
     weights = StreamedWeights(
         model, adapter, TensorFiles(source.local_dir), device, resumable=options.resumable
     )
@@ -326,7 +331,7 @@ def prune(
     score_s = time.perf_counter() - start
     streamed, stream_reason = loaded.weights is not None, loaded.stream_reason
     resumed = loaded.weights.resumed_from if streamed else {}
-    if streamed:  # the export of a streamed model's plan holds the whole model, for now
+    if streamed and not plan.shape().rotated:  # a sliced export reads the files tensor by tensor
         logger.warning("Loading %s whole to export the plan", source.spec)
         loaded = load(replace(source, stream=False), loaded.source)
     # The manifest goes into the staging folder too: the run folder appears complete or not at all.
@@ -433,8 +438,11 @@ def _apply_and_export(
     if shape.rotated:
         from hubprune.export_compact import write_sliced_shape
 
+        dense = (
+            FileStateDict(loaded.weights.files, loaded.weights.dtype) if loaded.weights is not None else None
+        )
         export = write_sliced_shape(
-            model, adapter, shape, plan.tensors, loaded.tokenizer, folder, export_format, **where
+            model, adapter, shape, plan.tensors, loaded.tokenizer, folder, export_format, dense=dense, **where
         )
         after = model_cost(export.pop("_model"), adapter=adapter, folder=folder)
     elif export_format != "plain" and cut:

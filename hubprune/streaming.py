@@ -16,7 +16,7 @@ import json
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -69,9 +69,32 @@ class TensorFiles:
                     out[name] = handle.get_tensor(name).clone()
         return out
 
-    def total_bytes(self) -> int:
-        """What the weights weigh on disk (every safetensors file the folder's index names)."""
-        return sum((self.folder / f).stat().st_size for f in set(self.weight_map.values()))
+
+class FileStateDict(MutableMapping[str, torch.Tensor]):
+    """A model's state dict whose tensors stay in the checkpoint files until asked for: each read
+    returns a fresh tensor in `dtype`, `pop` forgets the name. An export that consumes a dense state
+    dict tensor by tensor (:func:`hubprune.rotation.sliced_state_dict`) thus never holds it whole."""
+
+    def __init__(self, files: TensorFiles, dtype: torch.dtype) -> None:
+        self.files, self.dtype = files, dtype
+        self._names = dict.fromkeys(files.weight_map)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._names:
+            raise KeyError(name)
+        return self.files.read([name])[name].to(self.dtype)
+
+    def __setitem__(self, name: str, value: torch.Tensor) -> None:
+        raise TypeError("the checkpoint's state dict is read-only")
+
+    def __delitem__(self, name: str) -> None:
+        del self._names[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._names))
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def skeleton(config: Any, dtype: torch.dtype, trust_remote_code: bool = False) -> nn.Module:
@@ -82,6 +105,7 @@ def skeleton(config: Any, dtype: torch.dtype, trust_remote_code: bool = False) -
 
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    model.tie_weights()  # as from_pretrained does: a tied head is the embeddings' parameter, counted once
     return model.eval()
 
 
@@ -142,8 +166,10 @@ class StreamedWeights:
         module.load_state_dict(state, strict=True, assign=True)
 
     def release(self, module: nn.Module) -> None:
-        """Free `module`'s parameters (back to the meta device)."""
+        """Free `module`'s parameters (back to the meta device), tying a tied head again."""
         module.to("meta")
+        if getattr(self.model.config, "tie_word_embeddings", False):
+            self.model.tie_weights()
 
     def activation_device(self, states: list[torch.Tensor]) -> torch.device:
         """Where the activations between blocks live: on the compute device while they take at most

@@ -17,7 +17,10 @@ def run(args: argparse.Namespace) -> None:
 
         for spec in available_methods():
             data = "needs calibration text" if spec.needs_calibration else "no data"
-            print(f"{spec.name:<18} {spec.unit_kind:<8} {data:<22} {spec.title}  {spec.reference_url}")
+            memory = "streams" if spec.streams else "whole model"
+            print(
+                f"{spec.name:<18} {spec.unit_kind:<8} {data:<22} {memory:<11} {spec.title}  {spec.reference_url}"
+            )
     elif args.what == "families":
         from hubprune.arch import ALL
 
