@@ -55,8 +55,10 @@ class TensorFiles:
     def __contains__(self, name: str) -> bool:
         return name in self.weight_map
 
-    def read(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
-        """The named tensors, as stored (copied out of the file, which is closed again)."""
+    def read(self, names: Iterable[str], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """The named tensors, in `dtype` (None: as stored), copied out of the file, which is closed
+        again: a safetensors tensor is a view of the memory-mapped file, whose pages would
+        otherwise stay resident as long as the tensor lives."""
         from safetensors import safe_open
 
         by_file: dict[str, list[str]] = defaultdict(list)
@@ -66,7 +68,8 @@ class TensorFiles:
         for file, wanted in by_file.items():
             with safe_open(str(self.folder / file), framework="pt") as handle:
                 for name in wanted:
-                    out[name] = handle.get_tensor(name).clone()
+                    mapped = handle.get_tensor(name)
+                    out[name] = mapped.clone() if dtype in (None, mapped.dtype) else mapped.to(dtype)
         return out
 
 
@@ -82,7 +85,7 @@ class FileStateDict(MutableMapping[str, torch.Tensor]):
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._names:
             raise KeyError(name)
-        return self.files.read([name])[name].to(self.dtype)
+        return self.files.read([name], self.dtype)[name]
 
     def __setitem__(self, name: str, value: torch.Tensor) -> None:
         raise TypeError("the checkpoint's state dict is read-only")
@@ -158,9 +161,9 @@ class StreamedWeights:
         prefix = self._names[id(module)]
         names = self._checkpoint_names(module)
         stored = [n if not self._tied_head(n) else f"{self.adapter.embed}.weight" for n in names]
-        tensors = self.files.read(stored)
+        tensors = self.files.read(stored, self.dtype)
         state = {
-            name[len(prefix) + 1 :] if prefix else name: tensors[source].to(self.device, self.dtype)
+            name[len(prefix) + 1 :] if prefix else name: tensors[source].to(self.device)
             for name, source in zip(names, stored, strict=True)
         }
         module.load_state_dict(state, strict=True, assign=True)
