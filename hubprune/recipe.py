@@ -61,6 +61,11 @@ class SourceSection(_Section):
     base_model: str | None = Field(
         default=None, description="Hub id the card names when `model` is a local folder or GGUF file"
     )
+    stream: bool | None = Field(
+        default=None,
+        description="score one block at a time (None: only when the model does not fit in memory)",
+    )
+    resumable: bool = Field(default=False, description="streamed scoring saves its activations after every block")
 
 
 class CalibrationSection(_Section):
