@@ -65,7 +65,9 @@ class SourceSection(_Section):
         default=None,
         description="score one block at a time (None: only when the model does not fit in memory)",
     )
-    resumable: bool = Field(default=False, description="streamed scoring saves its activations after every block")
+    resumable: bool = Field(
+        default=False, description="streamed scoring saves its activations after every block"
+    )
 
 
 class CalibrationSection(_Section):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,15 +60,12 @@ class TensorFiles:
         otherwise stay resident as long as the tensor lives."""
         from safetensors import safe_open
 
-        by_file: dict[str, list[str]] = defaultdict(list)
-        for name in names:
-            by_file[self.weight_map[name]].append(name)
         out: dict[str, torch.Tensor] = {}
-        for file, wanted in by_file.items():
-            with safe_open(str(self.folder / file), framework="pt") as handle:
-                for name in wanted:
-                    mapped = handle.get_tensor(name)
-                    out[name] = mapped.clone() if dtype in (None, mapped.dtype) else mapped.to(dtype)
+        for name in names:  # one file opening per tensor: at most one tensor's pages are mapped
+            with safe_open(str(self.folder / self.weight_map[name]), framework="pt") as handle:
+                mapped = handle.get_tensor(name)
+                out[name] = mapped.clone() if dtype in (None, mapped.dtype) else mapped.to(dtype)
+                del mapped
         return out
 
 
@@ -161,9 +157,10 @@ class StreamedWeights:
         prefix = self._names[id(module)]
         names = self._checkpoint_names(module)
         stored = [n if not self._tied_head(n) else f"{self.adapter.embed}.weight" for n in names]
-        tensors = self.files.read(stored, self.dtype)
-        state = {
-            name[len(prefix) + 1 :] if prefix else name: tensors[source].to(self.device)
+        state = {  # one tensor at a time on the host, however large the block
+            name[len(prefix) + 1 :] if prefix else name: self.files.read([source], self.dtype)[source].to(
+                self.device
+            )
             for name, source in zip(names, stored, strict=True)
         }
         module.load_state_dict(state, strict=True, assign=True)
