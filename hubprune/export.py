@@ -133,6 +133,21 @@ def write_plain(
     record for the manifest."""
     check_consistent(model)
     model.save_pretrained(folder, max_shard_size=max_shard_size)
+    return finish_plain(
+        folder, tokenizer, source_dir=source_dir, max_shard_size=max_shard_size, extra_files=extra_files
+    )
+
+
+def finish_plain(
+    folder: Path,
+    tokenizer: Any,
+    *,
+    source_dir: Path | None,
+    max_shard_size: str | int,
+    extra_files: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """After the weights and configs of a plain export are in `folder` (written from a model, or
+    streamed from the source shards): tokenizer and license files, and the manifest's record."""
     fault_point("during-stage")
     licenses = write_companions(folder, tokenizer, source_dir, extra_files)
     files = folder_files(folder)

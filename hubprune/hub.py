@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import socket
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -94,14 +95,21 @@ def validate_repo_id(repo_id: str) -> None:
 
 
 def pull(
-    repo_id: str, revision: str | None = None, *, allow_pickle: bool = False, cache_dir: str | None = None
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    allow_pickle: bool = False,
+    cache_dir: str | None = None,
+    weight_files: Collection[str] | None = None,
 ) -> Pulled:
     """Download a model repo's config, tokenizer, license files and weights.
 
     Only `*.safetensors` weights are fetched unless `allow_pickle` (pickled `.bin` files can run
-    code when loaded). The commit sha is the snapshot folder's name. With the Hub unreachable, a
-    snapshot already in the local cache is used as is; otherwise the error comes in seconds and
-    names the offline alternatives, instead of after the client's retries.
+    code when loaded). `weight_files` names the only weight files to fetch (empty: none, only the
+    config, the safetensors index, tokenizer and license files), for a caller that learns from the
+    index which shards it needs. The commit sha is the snapshot folder's name. With the Hub
+    unreachable, a snapshot already in the local cache is used as is; otherwise the error comes in
+    seconds and names the offline alternatives, instead of after the client's retries.
     """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -113,7 +121,10 @@ def pull(
     )
 
     validate_repo_id(repo_id)
-    patterns = _BASE_PATTERNS + ["*.safetensors"] + (["*.bin", "*.pt"] if allow_pickle else [])
+    if weight_files is None:
+        patterns = _BASE_PATTERNS + ["*.safetensors"] + (["*.bin", "*.pt"] if allow_pickle else [])
+    else:
+        patterns = _BASE_PATTERNS + sorted(weight_files)
     where = f"{repo_id}@{revision}" if revision else repo_id
     try:
         path = Path(
@@ -144,7 +155,7 @@ def pull(
         status = err.response.status_code if err.response is not None else "?"
         raise SourceError(f"the Hub refused to serve {where} (HTTP {status})") from err
     has_weights = any(path.glob("*.safetensors")) or (allow_pickle and any(path.glob("*.bin")))
-    if not has_weights:
+    if weight_files is None and not has_weights:
         hint = "" if allow_pickle else " (pickled .bin weights are only fetched with --allow-pickle)"
         raise SourceError(f"{where} has no safetensors weights{hint}")
     return Pulled(repo_id=repo_id, revision=revision, sha=path.name, local_dir=path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,15 @@ from hubprune.rundir import prepare_out_dir, staged_folder
 from hubprune.shape import Dims
 from hubprune.source import (
     ResolvedSource,
+    check_device,
     default_device,
+    fetch_weights,
     is_local,
     load_model,
     read_model_config,
     resolve_dtype,
     resolve_source,
+    unreadable_weights,
 )
 from hubprune.streaming import (
     FITS_FRACTION,
@@ -46,6 +50,7 @@ from hubprune.streaming import (
     loaded_bytes,
     refuse_whole_model_method,
     skeleton,
+    weight_map,
 )
 from hubprune.surgery import apply_plan
 
@@ -305,6 +310,15 @@ def prune(
     # Checks in order of cost: a local model's config (free), then the calibration text (a
     # missing file or column, or no Hub, fails before any download), then a Hub model's download.
     calibration = calibration or CalibrationOptions()
+    if method in CONFIG_ONLY_METHODS:  # the plan needs no weights: stream them, never load the model
+        settings = dict(
+            max_shard_size=max_shard_size, overwrite=overwrite, recipe=recipe, export_format=export_format
+        )
+        streamed = _prune_config_only(
+            source, spec, budget, out_dir, calibration, method_params, batch_size, settings
+        )
+        if streamed is not None:
+            return streamed
     resolved = (
         _resolve_and_check(source, spec, budget, method_params, export_format)
         if is_local(source.spec)
@@ -332,35 +346,44 @@ def prune(
     streamed, stream_reason = loaded.weights is not None, loaded.stream_reason
     resumed = loaded.weights.resumed_from if streamed else {}
     if streamed and not plan.shape().rotated:  # a sliced export reads the files tensor by tensor
+        stage = {
+            "load_s": round(loaded.timings["load_s"], 2),
+            "score_s": round(score_s, 2),
+            "batch_size": batch_size,
+            "streamed": True,
+            "stream_reason": stream_reason,
+            **({"stream_resumed_at_block": resumed} if resumed else {}),
+        }
+        exported = _prune_streamed(
+            source,
+            out_dir,
+            lambda _skeleton: plan,
+            check=lambda config: _check_config(
+                config, source.spec, spec, budget, method_params, export_format
+            ),
+            export_format=export_format,
+            max_shard_size=max_shard_size,
+            overwrite=overwrite,
+            recipe=recipe,
+            stage=stage,
+        )
+        if exported is not None:  # copied shard by shard
+            return exported
         logger.warning("Loading %s whole to export the plan", source.spec)
         loaded = load(replace(source, stream=False), loaded.source)
     # The manifest goes into the staging folder too: the run folder appears complete or not at all.
     with staged_folder(out_dir, overwrite, source=loaded.source.local_dir) as folder:
         export = _apply_and_export(loaded, plan, folder, export_format, max_shard_size)
         after = export.pop("_model_after")
-        if plan.calibration is not None:  # the manifest is published: a local file is `local:<name>`
-            plan.calibration.source = public_text(plan.calibration.source)
-        manifest = Manifest(
-            source=loaded.source.to_dict(),
-            family=loaded.adapter.family,
-            plan=plan,
-            model_before=before,
-            model_after=after,
-            export=export,
-            stages={
-                "prune": {
-                    "load_s": round(loaded.timings["load_s"], 2),
-                    "score_s": round(score_s, 2),
-                    "batch_size": batch_size,
-                    "streamed": streamed,
-                    **({"stream_reason": stream_reason} if stream_reason else {}),
-                    **({"stream_resumed_at_block": resumed} if resumed else {}),
-                }
-            },
-            recipe=recipe,
-        )
-        manifest.save(folder)
-    return manifest
+        stage = {
+            "load_s": round(loaded.timings["load_s"], 2),
+            "score_s": round(score_s, 2),
+            "batch_size": batch_size,
+            "streamed": streamed,
+            **({"stream_reason": stream_reason} if stream_reason else {}),
+            **({"stream_resumed_at_block": resumed} if resumed else {}),
+        }
+        return _save_manifest(folder, loaded, plan, before, after, export, stage, recipe)
 
 
 def check_run_settings(*, batch_size: int, max_shard_size: str | int) -> None:
@@ -382,28 +405,56 @@ def _resolve_and_check(
 ) -> ResolvedSource:
     """Resolve the source and check what its config alone decides: family, unit budget, format."""
     resolved = resolve_source(source.spec, allow_pickle=source.allow_pickle, base_model=source.base_model)
-    config = read_model_config(resolved.local_dir, source.spec)
+    _check_config(
+        read_model_config(resolved.local_dir, source.spec),
+        source.spec,
+        spec,
+        budget,
+        method_params,
+        export_format,
+    )
+    return resolved
+
+
+def _check_native(
+    config: dict[str, Any], spec: str, export_format: str, slices_residual: bool, what: str
+) -> ArchAdapter:
+    """The adapter of a native checkpoint's family, after checking that `export_format` can hold
+    what `what` (a method or a plan) does; unsupported families fail before loading weights."""
 
     fmt = format_of(config)
     if fmt is not PLAIN:
         raise RecipeError(
-            f"{source.spec} is a compact export ({fmt.name}); prune works on native checkpoints: "
+            f"{spec} is a compact export ({fmt.name}); prune works on native checkpoints: "
             "prune the base model, or a plain export, again"
         )
-    adapter = adapter_for(str(config.get("model_type")))  # unsupported families fail before loading weights
+    adapter = adapter_for(str(config.get("model_type")))
     if export_format == "nemotron-nas":  # the family and its attention; widths are known after scoring
         from hubprune.export_compact import check_compact_supported
 
         check_compact_supported(config, adapter, check_width=False)
-    if spec.slices_residual:
+    if slices_residual:
         from hubprune.rotation import check_rotatable
 
         check_rotatable(adapter)
         if export_format in ("plain", "nemotron-nas"):
             raise RecipeError(
-                f"method '{spec.name}' slices the residual stream, which the {export_format} format cannot "
+                f"{what} slices the residual stream, which the {export_format} format cannot "
                 "express; pass --format compact (hubprune's heterogeneous format, trust_remote_code=True)"
             )
+    return adapter
+
+
+def _check_config(
+    config: dict[str, Any],
+    source_spec: str,
+    spec: Any,
+    budget: Budget,
+    method_params: dict[str, Any] | None,
+    export_format: str,
+) -> ArchAdapter:
+    """What a source's config alone decides for a method: family, format, widths, unit budget."""
+    adapter = _check_native(config, source_spec, export_format, spec.slices_residual, f"method '{spec.name}'")
     params = spec.make_params(method_params)
     if hasattr(params, "check"):  # width options against the model's widths (e.g. multiple_of)
         params.check(Dims.from_config(config))
@@ -411,7 +462,7 @@ def _resolve_and_check(
         budget.unit_count(config["num_hidden_layers"])
     if spec.unit_kind == "sublayer" and budget.by == "units":
         budget.unit_count(2 * config["num_hidden_layers"], "sublayers")
-    return resolved
+    return adapter
 
 
 #: plain: the native architecture; compact: really smaller, in the nemotron-nas schema when it
@@ -454,17 +505,251 @@ def _apply_and_export(
     else:
         apply_plan(model, adapter, plan, sublayers="zero")
         after = model_cost(model, adapter=adapter)
-        export = write_plain(model, loaded.tokenizer, folder, **where)
-        export.update(vllm_servable=True, how_to_load="AutoModelForCausalLM.from_pretrained(REPO)")
-        if cut:
-            zeroed = [u.name for u in plan.removed if u.kind != "block"]
-            export["zero_filled"] = True
-            export["zero_filled_units"] = zeroed
-            export["savings"] = (
-                "none: removed heads, channels and sublayers are zero-filled weights in the native architecture "
-                "(same outputs, same size and speed); use --format compact for real savings"
-            )
-        if export_format != "plain":
-            export["compact_note"] = "only whole blocks were removed, so the compact export is the plain one"
+        export = _plain_record(write_plain(model, loaded.tokenizer, folder, **where), plan, export_format)
     export["_model_after"] = after
     return export
+
+
+def _plain_record(export: dict[str, Any], plan: Plan, export_format: str) -> dict[str, Any]:
+    """The manifest's record of a plain export, with what it says about zero-filled units."""
+    export.update(vllm_servable=True, how_to_load="AutoModelForCausalLM.from_pretrained(REPO)")
+    shape = plan.shape()
+    if shape.has_widths() or shape.has_sublayer_removals():
+        zeroed = [u.name for u in plan.removed if u.kind != "block"]
+        export["zero_filled"] = True
+        export["zero_filled_units"] = zeroed
+        export["savings"] = (
+            "none: removed heads, channels and sublayers are zero-filled weights in the native architecture "
+            "(same outputs, same size and speed); use --format compact for real savings"
+        )
+    if export_format != "plain":
+        export["compact_note"] = "only whole blocks were removed, so the compact export is the plain one"
+    return export
+
+
+# -- plans applied without loading the model: shard-streamed export (issue #15) -----------------
+
+#: Methods whose plan follows from the config alone (block positions, a seed): they run on the
+#: meta-device skeleton, so `prune` never loads the weights (:func:`_prune_streamed`).
+CONFIG_ONLY_METHODS = ("reverse-order", "random")
+
+
+def _prune_config_only(
+    source: SourceOptions,
+    spec: Any,
+    budget: Budget,
+    out_dir: str | Path,
+    calibration: CalibrationOptions,
+    method_params: dict[str, Any] | None,
+    batch_size: int,
+    settings: dict[str, Any],
+) -> Manifest | None:
+    """:func:`prune` for a method in :data:`CONFIG_ONLY_METHODS`: planned on the skeleton and
+    exported shard by shard; None when the source cannot be streamed."""
+
+    def make_plan(loaded: Loaded) -> Plan:
+        options = dict(calibration=calibration, method_params=method_params, batch_size=batch_size)
+        return score(loaded, spec.name, budget, **options)
+
+    def check(config: dict[str, Any]) -> ArchAdapter:
+        return _check_config(config, source.spec, spec, budget, method_params, settings["export_format"])
+
+    return _prune_streamed(
+        source, out_dir, make_plan, check=check, stage={"batch_size": batch_size}, **settings
+    )
+
+
+def prune_from_plan(
+    source: SourceOptions,
+    plan: Plan,
+    out_dir: str | Path,
+    *,
+    family: str | None = None,
+    plan_from: str | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    overwrite: bool = False,
+    recipe: str | None = None,
+    export_format: str = "plain",
+) -> Manifest:
+    """Apply a saved `plan` (``hubprune inspect --json``, or a run's manifest) to `source`
+    without scoring, and export it with `hubprune.json`.
+
+    The plan must fit the source: same `family` when the plan names one, same widths and block
+    count. Whole-block plans, and removed sublayers in the plain format, are exported shard by
+    shard without loading the model (for a Hub source only the shards holding kept tensors are
+    downloaded); other plans load the model and export as :func:`prune` does. The manifest keeps
+    the plan as given, with its `reached` costs recomputed; `plan_from` names where it came from.
+    """
+    from hubprune import shard_export
+
+    if export_format not in EXPORT_FORMATS:
+        raise RecipeError(
+            f"unknown export format '{export_format}'; choose from: {', '.join(EXPORT_FORMATS)}"
+        )
+    check_run_settings(batch_size=1, max_shard_size=max_shard_size)
+    prepare_out_dir(out_dir, overwrite, source=source.spec)
+
+    def check(config: dict[str, Any]) -> ArchAdapter:
+        return _check_plan_fits(plan, family, config, source.spec, export_format)
+
+    stage = {"plan_from": plan_from}
+    if is_local(source.spec):  # a bad plan fails before any work; a Hub source is checked on its config
+        resolved = resolve_source(source.spec, allow_pickle=source.allow_pickle, base_model=source.base_model)
+        check(read_model_config(resolved.local_dir, source.spec))
+    if shard_export.unstreamable_plan(plan.shape(), export_format) is None:
+        manifest = _prune_streamed(
+            source,
+            out_dir,
+            lambda loaded: finish_plan(plan, loaded.model, loaded.adapter),
+            check=check,
+            export_format=export_format,
+            max_shard_size=max_shard_size,
+            overwrite=overwrite,
+            recipe=recipe,
+            stage=stage,
+        )
+        if manifest is not None:
+            return manifest
+    resolved = resolve_source(source.spec, allow_pickle=source.allow_pickle, base_model=source.base_model)
+    check(read_model_config(resolved.local_dir, source.spec))
+    loaded = load(source, resolved)
+    before = model_cost(loaded.model, adapter=loaded.adapter)
+    finish_plan(plan, loaded.model, loaded.adapter)
+    with staged_folder(out_dir, overwrite, source=loaded.source.local_dir) as folder:
+        export = _apply_and_export(loaded, plan, folder, export_format, max_shard_size)
+        after = export.pop("_model_after")
+        stage = {**stage, "load_s": round(loaded.timings["load_s"], 2), "streamed_export": False}
+        return _save_manifest(folder, loaded, plan, before, after, export, stage, recipe)
+
+
+def _check_plan_fits(
+    plan: Plan, family: str | None, config: dict[str, Any], source_spec: str, export_format: str
+) -> ArchAdapter:
+    """Refuse, in one sentence, a plan made for another family or other widths than `config`'s,
+    one that removes nothing, or one the export format cannot hold; returns the adapter."""
+    shape = plan.shape()  # a plan without the model's widths says so
+    adapter = _check_native(config, source_spec, export_format, shape.rotated, "the plan")
+    if family is not None and family != adapter.family:
+        raise RecipeError(
+            f"the plan was made for a {family} model and {source_spec} is a {adapter.family} model"
+        )
+    dims = Dims.from_config(config).to_dict()
+    for key, made_for in (plan.dims or {}).items():
+        if dims.get(key) != made_for:
+            what = "blocks" if key == "num_blocks" else key
+            raise RecipeError(
+                f"the plan was made for a model with {made_for} {what} and {source_spec} has {dims.get(key)}"
+            )
+    if not plan.removed:
+        raise RecipeError("the plan removes nothing (inspect marks what to remove only with --amount)")
+    if shape.rotated and not plan.tensors:
+        raise RecipeError(
+            "a plan that rotates the residual stream needs its rotations: give the run folder's hubprune.json "
+            "(hubprune-plan.safetensors beside it), not inspect's JSON"
+        )
+    return adapter
+
+
+def _prune_streamed(
+    source: SourceOptions,
+    out_dir: str | Path,
+    make_plan: Callable[[Loaded], Plan],
+    *,
+    check: Callable[[dict[str, Any]], ArchAdapter],
+    export_format: str,
+    max_shard_size: str | int,
+    overwrite: bool,
+    recipe: str | None,
+    stage: dict[str, Any],
+) -> Manifest | None:
+    """Plan on the meta-device skeleton (`make_plan`), then export the plan shard by shard:
+    the weights are never loaded, and a Hub source downloads its config and index first, then
+    only the shards that hold kept tensors. Returns None, having written nothing, when the
+    checkpoint cannot be streamed (pickled weights, tensor names or shapes the model does not
+    have): the caller loads the model instead."""
+    from safetensors import SafetensorError
+    from transformers import AutoTokenizer
+
+    from hubprune import shard_export
+    from hubprune.export import finish_plain
+
+    if source.device is not None:  # unused (nothing is computed), but a typo is still an error
+        check_device(source.device)
+    start = time.perf_counter()
+    try:
+        resolved = resolve_source(
+            source.spec, allow_pickle=source.allow_pickle, base_model=source.base_model, weights=False
+        )
+        adapter = check(read_model_config(resolved.local_dir, source.spec))
+        weights = weight_map(resolved.local_dir)
+        # "auto" is the checkpoint's own dtype, not float32 on a CPU as when loading: nothing is computed.
+        dtype = resolve_dtype(source.dtype, "meta")
+        if dtype == "auto":
+            dtype = shard_export.checkpoint_dtype(resolved.local_dir)
+        if weights is None or dtype is None:  # no index (one file), or only the weights say the dtype
+            resolved = fetch_weights(resolved, None, allow_pickle=source.allow_pickle)
+            weights = weight_map(resolved.local_dir)
+            if weights is None:
+                raise shard_export.NotStreamable("the checkpoint has no safetensors weights")
+            dtype = dtype or shard_export.weights_dtype(resolved.local_dir, weights)
+        model = shard_export.skeleton(resolved.local_dir, dtype)
+        tokenizer = AutoTokenizer.from_pretrained(
+            resolved.local_dir, config=model.config, trust_remote_code=source.trust_remote_code
+        )
+        loaded = Loaded(resolved, model, tokenizer, adapter, {"load_s": time.perf_counter() - start})
+        before = model_cost(model, adapter=adapter)
+        start = time.perf_counter()
+        plan = make_plan(loaded)
+        score_s = time.perf_counter() - start
+        why = shard_export.unstreamable_plan(plan.shape(), export_format)
+        if why is not None:
+            raise shard_export.NotStreamable(why)
+        tensors = shard_export.plan_tensors(model, adapter, plan)
+        loaded.source = fetch_weights(resolved, tensors.files(weights))
+        source_dir = loaded.source.local_dir
+        with staged_folder(out_dir, overwrite, source=source_dir) as folder:
+            shard_export.export_streamed(
+                model, tensors, source_dir, weights, folder, max_shard_size=max_shard_size
+            )
+            export = finish_plain(folder, tokenizer, source_dir=source_dir, max_shard_size=max_shard_size)
+            stage = {  # a caller that scored the plan itself says how long that took
+                "load_s": round(loaded.timings["load_s"], 2),
+                "score_s": round(score_s, 2),
+                "streamed_export": True,
+                **stage,
+            }
+            after = model_cost(model, adapter=adapter)
+            export = _plain_record(export, plan, export_format)
+            return _save_manifest(folder, loaded, plan, before, after, export, stage, recipe)
+    except shard_export.NotStreamable as why:
+        logger.info("cannot export %s shard by shard (%s); loading the model", source.spec, why)
+        return None
+    except SafetensorError as err:
+        raise unreadable_weights(source.spec) from err
+
+
+def _save_manifest(
+    folder: Path,
+    loaded: Loaded,
+    plan: Plan,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    export: dict[str, Any],
+    stage: dict[str, Any],
+    recipe: str | None,
+) -> Manifest:
+    """Write `hubprune.json` into the (staging) `folder` and return it."""
+    if plan.calibration is not None:  # the manifest is published: a local file is `local:<name>`
+        plan.calibration.source = public_text(plan.calibration.source)
+    manifest = Manifest(
+        source=loaded.source.to_dict(),
+        family=loaded.adapter.family,
+        plan=plan,
+        model_before=before,
+        model_after=after,
+        export=export,
+        stages={"prune": stage},
+        recipe=recipe,
+    )
+    manifest.save(folder)
+    return manifest

@@ -277,3 +277,28 @@ class Manifest:
             raise SourceError(
                 f"{path} is not a valid hubprune manifest ({what}); re-run the stage that wrote it"
             ) from err
+
+
+def read_plan_file(path: str | Path) -> tuple[Plan, str | None]:
+    """A saved plan and the family it was made for (None when the file does not say): the JSON
+    of ``hubprune inspect --json``, or a run's ``hubprune.json`` (or its folder), whose plan
+    tensors beside it come along. A file that is neither is refused in one sentence."""
+    path = Path(path)
+    if path.is_dir() or path.name == MANIFEST_NAME:
+        manifest = Manifest.load(path if path.is_dir() else path.parent)
+        return manifest.plan, manifest.family
+    if not path.is_file():
+        raise SourceError(f"plan file {path} does not exist")
+    hint = "give the output of `hubprune inspect --json` or a run's hubprune.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RecipeError(f"plan file {path} is not valid JSON ({err}); {hint}") from err
+    try:
+        record = data["plan"] if isinstance(data, dict) and "plan" in data else data
+        return Plan.from_dict(record), data.get("family")
+    except HubpruneError:
+        raise  # a unit of an unknown kind says so itself
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        what = f"no {err}" if isinstance(err, KeyError) else str(err)
+        raise RecipeError(f"plan file {path} is not a hubprune plan ({what}); {hint}") from err

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Collection
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,12 @@ def _looks_local(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists()
 
 
-def resolve_source(spec: str, *, allow_pickle: bool = False, base_model: str | None = None) -> ResolvedSource:
-    """Find or download the model behind `spec` without loading any weights."""
+def resolve_source(
+    spec: str, *, allow_pickle: bool = False, base_model: str | None = None, weights: bool = True
+) -> ResolvedSource:
+    """Find or download the model behind `spec` without loading any weights. `weights=False`
+    downloads a Hub model's config, index, tokenizer and license files only: a caller that knows
+    which shards it needs fetches them with :func:`fetch_weights`."""
     if spec.startswith(offline.PREFIX):
         folder, info = offline.model_folder(spec)
         return ResolvedSource(spec, "offline", folder, base_model or info.base_model, license=info.license)
@@ -85,10 +90,23 @@ def resolve_source(spec: str, *, allow_pickle: bool = False, base_model: str | N
             raise SourceError(f"{spec} is not a model folder (it has no config.json)")
         return ResolvedSource(spec, "local", path, base_model)
     repo_id, revision = split_revision(spec)
-    pulled = hub.pull(repo_id, revision, allow_pickle=allow_pickle)
+    pulled = hub.pull(repo_id, revision, allow_pickle=allow_pickle, weight_files=None if weights else ())
     return ResolvedSource(
         spec, "hub", pulled.local_dir, base_model or repo_id, revision=revision, sha=pulled.sha
     )
+
+
+def fetch_weights(
+    source: ResolvedSource, files: Collection[str] | None, *, allow_pickle: bool = False
+) -> ResolvedSource:
+    """Download weight `files` (None: all weights, as :func:`resolve_source` fetches them) of a
+    Hub source resolved without weights, from the commit resolved then, so the shards match the
+    index already read. Other sources are on this machine already."""
+    if source.kind != "hub":
+        return source
+    repo_id, _ = split_revision(source.spec)
+    pulled = hub.pull(repo_id, source.sha, allow_pickle=allow_pickle, weight_files=files)
+    return replace(source, local_dir=pulled.local_dir)
 
 
 def resolve_dtype(dtype: str, device: str) -> Any:
@@ -125,6 +143,29 @@ def _weights_corrupt(folder: Path) -> bool:
     return False
 
 
+def check_device(device: str) -> str:
+    """`device` if torch knows it (or it is "auto", several GPUs), else a RecipeError."""
+    import torch
+
+    from hubprune.formats import DEVICE_MAP_AUTO
+
+    try:
+        torch.device(device if device != DEVICE_MAP_AUTO else "cpu")
+    except RuntimeError as err:
+        raise RecipeError(
+            f"'{device}' is not a device torch knows (cpu, cuda, cuda:1, mps, ..., or auto for several GPUs)"
+        ) from err
+    return device
+
+
+def unreadable_weights(spec: str) -> SourceError:
+    """The error for a source whose safetensors files cannot be read."""
+    return SourceError(
+        f"the weights of {spec} cannot be read (a truncated or corrupt .safetensors file); "
+        "download or export the model again"
+    )
+
+
 def default_device() -> str:
     import torch
 
@@ -143,19 +184,12 @@ def load_model(
     is built by hubprune's own copy of its remote code, :mod:`hubprune.formats`). Architecture
     support is checked from the config first, so an unsupported family fails before any weights
     are read; pickled weights load only with `allow_pickle` (unpickling can run arbitrary code)."""
-    import torch
     from transformers import AutoTokenizer
 
     from hubprune.arch import adapter_for
     from hubprune.formats import DEVICE_MAP_AUTO, PLAIN, format_of
 
-    device = device or default_device()
-    try:
-        torch.device(device if device != DEVICE_MAP_AUTO else "cpu")
-    except RuntimeError as err:
-        raise RecipeError(
-            f"'{device}' is not a device torch knows (cpu, cuda, cuda:1, mps, ..., or auto for several GPUs)"
-        ) from err
+    device = check_device(device or default_device())
     config = read_model_config(source.local_dir, source.spec)
     adapter_for(config)
     if device == DEVICE_MAP_AUTO and format_of(config) is not PLAIN:
@@ -175,10 +209,7 @@ def load_model(
     except (OSError, SafetensorError) as err:
         if not _weights_corrupt(source.local_dir):
             raise
-        raise SourceError(
-            f"the weights of {source.spec} cannot be read (a truncated or corrupt .safetensors file); "
-            "download or export the model again"
-        ) from err
+        raise unreadable_weights(source.spec) from err
     # The model's config: read again, a compact folder's config.json (with its `auto_map`) would
     # make transformers ask whether to run the folder's code.
     tokenizer = AutoTokenizer.from_pretrained(

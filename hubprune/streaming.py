@@ -32,24 +32,30 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
+def weight_map(folder: Path) -> dict[str, str] | None:
+    """Tensor name -> file, from the safetensors index (or a single ``model.safetensors``); None
+    when the folder has neither (pickled weights, or not yet downloaded)."""
+    if (folder / INDEX_FILE).is_file():
+        return dict(json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))["weight_map"])
+    if (folder / SINGLE_FILE).is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(folder / SINGLE_FILE), framework="pt") as handle:
+            return dict.fromkeys(handle.keys(), SINGLE_FILE)
+    return None
+
+
 class TensorFiles:
     """The tensors of a checkpoint folder by name, read on demand from its safetensors files."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        index = self.folder / INDEX_FILE
-        if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        elif (self.folder / SINGLE_FILE).is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(self.folder / SINGLE_FILE), framework="pt") as handle:
-                weight_map = dict.fromkeys(handle.keys(), SINGLE_FILE)
-        else:
+        weights = weight_map(self.folder)
+        if weights is None:
             raise SourceError(
                 f"{self.folder} has no safetensors weights to stream (model.safetensors or its index)"
             )
-        self.weight_map: dict[str, str] = weight_map
+        self.weight_map: dict[str, str] = weights
 
     def __contains__(self, name: str) -> bool:
         return name in self.weight_map

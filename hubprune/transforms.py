@@ -151,6 +151,24 @@ def _projection_module(block: nn.Module, adapter: ArchAdapter, p: Projection) ->
     return block.get_submodule(f"{root}.{p.name}")
 
 
+def _silences_sublayer(block: BlockShape, p: Projection) -> bool:
+    """Whether `p` is the output projection of a sublayer removed from `block`: zeroing all of it
+    (weight and bias) makes the sublayer add nothing to the residual stream."""
+    kept = block.attention if p.sublayer == "attn" else block.mlp
+    return not kept and RESIDUAL in p.writes
+
+
+def zeroed_whole(name: str, adapter: ArchAdapter, shape: Shape) -> bool:
+    """Whether :func:`zero_fill` zeroes all of tensor `name` (a removed sublayer's output
+    projection), by name alone: the streamed export (:mod:`hubprune.shard_export`) writes such
+    tensors as zeros without reading them. `shape` indexes the blocks `name` is numbered by."""
+    where = _locate(name, adapter)
+    if where is None or where[2] is None:
+        return False
+    block = shape.blocks[where[0]]
+    return block is not None and _silences_sublayer(block, where[2])
+
+
 def zero_fill(model: nn.Module, adapter: ArchAdapter, shape: Shape) -> list[str]:
     """Zero, in place, what makes removed units contribute nothing (the plain export): input
     columns of readers of removed heads / channels, and the weight and bias of a removed
@@ -165,7 +183,7 @@ def zero_fill(model: nn.Module, adapter: ArchAdapter, shape: Shape) -> list[str]
             module = _projection_module(block, adapter, p)
             root = adapter.attention if p.sublayer == "attn" else adapter.mlp
             with torch.no_grad():
-                if not kept and RESIDUAL in p.writes:
+                if _silences_sublayer(block_shape, p):
                     for pname, param in module.named_parameters(recurse=False):
                         param.zero_()
                         zeroed.append(f"{base}.{root}.{p.name}.{pname}")

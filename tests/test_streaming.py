@@ -153,6 +153,15 @@ def test_model_too_large_for_memory_is_streamed_and_recorded(tmp_path, text_file
     assert main([*argv[:-1], str(tmp_path / "forced"), "--no-stream"]) == 0
     assert Manifest.load(tmp_path / "forced").stages["prune"]["streamed"] is False
     assert Manifest.load(tmp_path / "forced").plan.removed == Manifest.load(out).plan.removed
+    # the streamed plan is exported shard by shard, without loading the model, to the same bytes
+    assert (
+        stage["streamed_export"] is True
+        and "streamed_export" not in Manifest.load(tmp_path / "forced").stages["prune"]
+    )
+    weights = sorted(p.name for p in out.glob("*.safetensors"))
+    assert weights and weights == sorted(p.name for p in (tmp_path / "forced").glob("*.safetensors"))
+    for name in [*weights, "config.json"]:
+        assert (out / name).read_bytes() == (tmp_path / "forced" / name).read_bytes(), name
 
 
 def test_killed_streamed_run_resumes_after_the_last_finished_block(tmp_path, text_file):

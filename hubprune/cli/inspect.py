@@ -83,12 +83,15 @@ def _width_lines(plan: Plan) -> list[str]:
     return lines
 
 
-def json_record(plan: Plan) -> dict[str, Any]:
+def json_record(plan: Plan, family: str | None = None) -> dict[str, Any]:
     """The plan as `--json` prints it: its manifest form (with the per-block `shape` when the plan
-    records the model's widths) and the one-line `summary` of what it would remove."""
+    records the model's widths), the one-line `summary` of what it would remove, and the model
+    `family`, so `hubprune prune --plan` can refuse the plan for another model."""
     from hubprune.describe import removal
 
     record = plan.to_dict()
+    if family is not None:
+        record["family"] = family
     if plan.dims is not None:
         record["summary"] = removal(plan.shape())
     return record
@@ -109,6 +112,6 @@ def run(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
     )
     if args.json:
-        print(json.dumps(json_record(plan), indent=2, sort_keys=True))
+        print(json.dumps(json_record(plan, loaded.adapter.family), indent=2, sort_keys=True))
     else:
         print(format_table(plan))

@@ -54,15 +54,26 @@ def add_stream_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_method_options(parser: argparse.ArgumentParser, *, amount_required: bool) -> None:
+def add_method_options(
+    parser: argparse.ArgumentParser, *, amount_required: bool, or_plan: bool = False
+) -> None:
+    """--method, --amount and their settings; with `or_plan`, --method and --amount are required
+    unless a saved plan (--plan) is given instead, which the verb checks."""
     group = parser.add_argument_group("method and budget")
-    group.add_argument("--method", required=True, help="pruning method (see `hubprune ls methods`)")
+    group.add_argument(
+        "--method",
+        required=not or_plan,
+        help="pruning method (see `hubprune ls methods`)" + ("; or give --plan" if or_plan else ""),
+    )
+    if or_plan:
+        note = "; or give --plan"
+    else:
+        note = "" if amount_required else "; optional here, marks which units would go"
     group.add_argument(
         "--amount",
-        required=amount_required,
+        required=amount_required and not or_plan,
         default=None,
-        help="how much to remove: a whole count (6) or a fraction below 1 (0.25) of the units"
-        + ("" if amount_required else "; optional here, marks which units would go"),
+        help="how much to remove: a whole count (6) or a fraction below 1 (0.25) of the units" + note,
     )
     group.add_argument(
         "--budget-by",
