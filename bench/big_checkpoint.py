@@ -11,11 +11,13 @@ output config holds, and several tensors equal the source's (kept blocks at thei
     python bench/big_checkpoint.py                                # reverse-order, full size
     python bench/big_checkpoint.py --size-gb 2                    # a quick run
     python bench/big_checkpoint.py --methods reverse-order,block-influence --keep --out-dir /big
+    python bench/big_checkpoint.py --methods block-influence --samples 2 --seq-len 64
 
 Targets: peak RSS <= 2 output shards (2 x --max-shard-size) for reverse-order, which needs no
 computation and is exported shard by shard; <= 0.25 x the checkpoint for block influence, which
-needs block-streamed scoring (until then it loads the model: a checkpoint larger than memory is
-stopped by the --rss-limit-gb watchdog rather than left to the OOM killer). The tokenizer is
+hubprune streams on its own (the model does not fit): one block at a time is read and run on the
+calibration batches (`--samples`, `--seq-len`), then the plan is exported shard by shard. A run that
+loads the model anyway is stopped by the --rss-limit-gb watchdog, not the OOM killer. The tokenizer is
 SmolLM2's (vocabulary 49152), from the bundled offline model; calibration is offline text.
 """
 
@@ -34,7 +36,7 @@ from pathlib import Path
 
 BF16 = 2  # bytes
 TOKENIZER_SOURCE = "offline:smollm2-135m-instruct"
-CALIBRATION = ["--calibration", "offline:lee-background", "--samples", "8", "--seq-len", "128"]
+CALIBRATION = ["--calibration", "offline:lee-background"]
 #: (hidden, intermediate, heads, kv heads): 70B-like blocks at full size, smaller for quick runs.
 BIG_DIMS = (8192, 28672, 64, 8)
 SMALL_DIMS = (2048, 8192, 16, 4)
@@ -236,6 +238,8 @@ def main() -> None:
     )
     parser.add_argument("--methods", default="reverse-order", help="comma-separated (default: reverse-order)")
     parser.add_argument("--amount", default="0.25", help="share of blocks to remove (default: 0.25)")
+    parser.add_argument("--samples", default="8", help="calibration windows (default: 8)")
+    parser.add_argument("--seq-len", default="128", help="tokens per calibration window (default: 128)")
     parser.add_argument("--source-shard-gb", type=float, default=5.0, help="source shard size (default: 5)")
     parser.add_argument("--max-shard-size", default="2GB", help="output shard size (default: 2GB)")
     parser.add_argument(
@@ -271,7 +275,8 @@ def main() -> None:
             out = out_dir / f"out-{method}"
             shutil.rmtree(out, ignore_errors=True)
             argv = ["prune", str(source), "--method", method, "--amount", args.amount, "--out", str(out)]
-            argv += ["--max-shard-size", args.max_shard_size] + CALIBRATION
+            argv += ["--max-shard-size", args.max_shard_size, *CALIBRATION]
+            argv += ["--samples", args.samples, "--seq-len", args.seq_len]
             result = measured(PRUNE, argv, limit)
             print(
                 f"\n{method}: exit {result['exit']}, wall {result['wall_s']:.1f} s, peak RSS {result['peak_rss'] / 2**30:.2f} GiB"
