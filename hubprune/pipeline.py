@@ -173,11 +173,7 @@ def _load_streamed(options: SourceOptions, source: ResolvedSource) -> Loaded:
     config = AutoConfig.from_pretrained(source.local_dir, trust_remote_code=options.trust_remote_code)
     if dtype == "auto":
         dtype = config.dtype or torch.float32
-    model = skeleton(config, dtype, options.trust_remote_code)
-    if (source.local_dir / "generation_config.json").is_file():  # what from_pretrained would read
-        from transformers import GenerationConfig
-
-        model.generation_config = GenerationConfig.from_pretrained(source.local_dir)
+    model = skeleton(source.local_dir, dtype, options.trust_remote_code, config=config)
     weights = StreamedWeights(
         model, adapter, TensorFiles(source.local_dir), device, resumable=options.resumable
     )

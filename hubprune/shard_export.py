@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hubprune import streaming
 from hubprune.arch import ArchAdapter
 from hubprune.plan import Plan
 from hubprune.shape import Shape
@@ -73,25 +74,14 @@ def checkpoint_dtype(folder: Path) -> torch.dtype | None:
 
 
 def skeleton(folder: Path, dtype: torch.dtype) -> nn.Module:
-    """The model of `folder` on the meta device (no weights), with its config and generation
-    config read as ``from_pretrained`` reads them: planning, costs and the written config use it."""
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
-
-    config = AutoConfig.from_pretrained(folder)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    if model.can_generate():  # transformers' GenerationMixin.adjust_generation_fn
-        try:
-            model.generation_config = GenerationConfig.from_pretrained(folder)
-        except OSError:
-            model.generation_config = GenerationConfig.from_pretrained(
-                folder, config_file_name="config.json", _from_model_config=True
-            )
+    """The model of `folder` on the meta device (:func:`hubprune.streaming.skeleton`): planning,
+    costs and the written config use it."""
+    model = streaming.skeleton(folder, dtype)
     # What from_pretrained records when no conversion of tensor names was used, as for a checkpoint
     # whose names are the model's own (the only kind streamed: check_sources). save_pretrained
     # then writes the tensors in natural name order, so the shards are cut in that order.
     model._weight_conversions = []
-    return model.eval()
+    return model
 
 
 @dataclass
@@ -141,28 +131,13 @@ def plan_tensors(model: nn.Module, adapter: ArchAdapter, plan: Plan) -> TensorPl
     return TensorPlan(sources, dict(meta), model.num_parameters())
 
 
-def _headers(folder: Path, names: Mapping[str, str]) -> dict[str, tuple[tuple[int, ...], str]]:
-    """(shape, safetensors dtype) of each source tensor in `names` (tensor -> file), from the
-    file headers alone."""
-    from safetensors import safe_open
-
-    out = {}
-    by_file: dict[str, list[str]] = {}
-    for name, file in names.items():
-        by_file.setdefault(file, []).append(name)
-    for file, tensors in by_file.items():
-        with safe_open(str(folder / file), framework="pt") as handle:
-            for name in tensors:
-                piece = handle.get_slice(name)
-                out[name] = (tuple(piece.get_shape()), piece.get_dtype())
-    return out
-
-
 def weights_dtype(folder: Path, weights: Mapping[str, str]) -> torch.dtype:
     """The dtype of the checkpoint's first floating tensor (``from_pretrained``'s "auto" when the
     config names none)."""
     first = sorted(set(weights.values()))[0]
-    for _, (_, dtype) in _headers(folder, {n: f for n, f in weights.items() if f == first}).items():
+    for _, (_, dtype) in streaming.tensor_headers(
+        folder, {n: f for n, f in weights.items() if f == first}
+    ).items():
         if dtype in _FLOAT_DTYPES:
             return _FLOAT_DTYPES[dtype]
     return torch.float32
@@ -174,7 +149,7 @@ def check_sources(tensors: TensorPlan, folder: Path, weights: Mapping[str, str])
     from hubprune.export import check_tensors
 
     wanted = {out: src for out, src in tensors.sources.items() if src is not None}
-    headers = _headers(folder, {src: weights[src] for src in wanted.values()})
+    headers = streaming.tensor_headers(folder, {src: weights[src] for src in wanted.values()})
     try:
         check_tensors(
             {out: tuple(tensors.meta[out].shape) for out in wanted},

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -102,15 +102,26 @@ class FileStateDict(MutableMapping[str, torch.Tensor]):
         return len(self._names)
 
 
-def skeleton(config: Any, dtype: torch.dtype, trust_remote_code: bool = False) -> nn.Module:
-    """The model of `config` with every parameter on the meta device (no memory) and its buffers
-    (rope frequencies) computed, in eval mode."""
+def skeleton(
+    folder: str | Path, dtype: torch.dtype, trust_remote_code: bool = False, config: Any = None
+) -> nn.Module:
+    """The model in `folder` (of `config` when given) with every parameter on the meta device (no
+    memory), its buffers (rope frequencies) computed and its generation config read as
+    ``from_pretrained`` reads them, in eval mode."""
     from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
+    config = config or AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     model.tie_weights()  # as from_pretrained does: a tied head is the embeddings' parameter, counted once
+    if model.can_generate():  # transformers' GenerationMixin.adjust_generation_fn
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(folder)
+        except OSError:
+            model.generation_config = GenerationConfig.from_pretrained(
+                folder, config_file_name="config.json", _from_model_config=True
+            )
     return model.eval()
 
 
@@ -225,24 +236,33 @@ def available_memory(device: str | torch.device) -> int:
 FITS_FRACTION = 0.7
 
 
+def tensor_headers(folder: str | Path, names: Mapping[str, str]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """(shape, safetensors dtype) of each tensor in `names` (tensor -> file), from the file
+    headers alone."""
+    from safetensors import safe_open
+
+    by_file: dict[str, list[str]] = {}
+    for name, file in names.items():
+        by_file.setdefault(file, []).append(name)
+    out = {}
+    for file, tensors in by_file.items():
+        with safe_open(str(Path(folder) / file), framework="pt") as handle:
+            for name in tensors:
+                piece = handle.get_slice(name)
+                out[name] = (tuple(piece.get_shape()), piece.get_dtype())
+    return out
+
+
 def loaded_bytes(folder: str | Path, dtype: torch.dtype | str) -> int | None:
     """What the safetensors weights in `folder` take in memory once loaded in `dtype` ("auto": as
     stored), from the files' headers; None when the folder has none."""
-    from safetensors import safe_open
-
-    try:
-        files = TensorFiles(folder)
-    except SourceError:
+    weights = weight_map(Path(folder))
+    if weights is None:
         return None
-    total = 0
-    for file in sorted(set(files.weight_map.values())):
-        with safe_open(str(files.folder / file), framework="pt") as handle:
-            for name in handle.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
-                piece = handle.get_slice(name)
-                numel = math.prod(piece.get_shape())
-                size = _STORED_BYTES.get(piece.get_dtype(), 4) if dtype == "auto" else dtype.itemsize
-                total += numel * size
-    return total
+    return sum(
+        math.prod(shape) * (_STORED_BYTES.get(stored, 4) if dtype == "auto" else dtype.itemsize)
+        for shape, stored in tensor_headers(folder, weights).values()
+    )
 
 
 _STORED_BYTES = {
