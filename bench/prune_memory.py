@@ -10,7 +10,7 @@ safetensors weights are memory-mapped and only become resident when read, so a b
     python bench/prune_memory.py --source owner/name --method angular --amount 0.25
     python bench/prune_memory.py --method policy-gradient --amount 0.2 --budget-by params \
         --method-arg granularity=heads,channels --method-arg steps=3 --samples 4
-    python bench/prune_memory.py --method slicegpt --amount 0.25 --format compact [--stream]
+    python bench/prune_memory.py --method slicegpt --amount 0.25 --format compact [--no-stream]
 
 A method that keeps no weight copy but evaluates several masks per forward (policy gradient)
 is held to <= 1.5 instead: its activations and logits scale with K x batch rows.
@@ -54,8 +54,8 @@ def child(mode: str, args: argparse.Namespace) -> None:
                 argv += ["--budget-by", args.budget_by]
             if args.format:
                 argv += ["--format", args.format]
-            if args.stream:
-                argv += ["--stream"]
+            if args.stream is not None:
+                argv += ["--stream" if args.stream else "--no-stream"]
             for item in args.method_arg:
                 argv += ["--method-arg", item]
             argv += [
@@ -94,7 +94,12 @@ def main() -> None:
         "--method-arg", action="append", default=[], metavar="KEY=VALUE", help="passed to prune; repeatable"
     )
     parser.add_argument("--format", default=None, help="passed to prune (slicing needs compact)")
-    parser.add_argument("--stream", action="store_true", help="passed to prune: score one block at a time")
+    parser.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="passed to prune: score one block at a time, or not (default: prune's own choice)",
+    )
     parser.add_argument("--calibration", default="offline:lee-background")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=256)
@@ -109,7 +114,7 @@ def main() -> None:
     prune_mib = measure("prune", forwarded)
     budget = f" by {args.budget_by}" if args.budget_by else ""
     extra = f"  method args: {' '.join(args.method_arg)}" if args.method_arg else ""
-    extra += "  streamed" if args.stream else ""
+    extra += {True: "  --stream", False: "  --no-stream", None: ""}[args.stream]
     print(
         f"source: {args.source}  method: {args.method}  amount: {args.amount}{budget}  "
         f"calibration: {args.samples}x{args.seq_len}{extra}"

@@ -70,17 +70,23 @@ def write_with_remote_code(
     source_dir: Path | None = None,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     extra_files: dict[str, str] | None = None,
+    save: Callable[[nn.Module, Path], Any] | None = None,
 ) -> tuple[nn.Module, list[str]]:
     """Write a compact export into the (staging) `folder`: `config` as config.json, the model code
     `remote_files` from templates/remote/ beside it, then the weights of `build(folder)` (which
-    builds the model from those files and checks the weights against it), the generation config,
-    tokenizer and license files. Returns the built model and the license files copied."""
+    builds the model from those files and checks the weights against it; `save(model, folder)`
+    writes them instead of ``save_pretrained`` when the model is only a meta-device skeleton), the
+    generation config, tokenizer and license files. Returns the built model and the license
+    files copied."""
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     (folder / "config.json").write_text(text, encoding="utf-8")
     for name in remote_files:
         shutil.copyfile(templates_dir() / "remote" / name, folder / name)
     model = build(folder)
-    model.save_pretrained(folder, max_shard_size=max_shard_size)
+    if save is None:
+        model.save_pretrained(folder, max_shard_size=max_shard_size)
+    else:
+        save(model, folder)
     # save_pretrained rewrites config.json from the loaded config object; keep the file exactly as
     # written (the schema vLLM and the remote code read), not transformers' re-serialisation.
     (folder / "config.json").write_text(text, encoding="utf-8")

@@ -20,7 +20,8 @@ built from the written config, so names and shapes are checked against the remot
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -365,19 +366,18 @@ def write_sliced_shape(
     source_dir: Path | None = None,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     extra_files: dict[str, str] | None = None,
-    dense: MutableMapping[str, torch.Tensor] | None = None,
+    dense: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """The export of a rotated and sliced residual stream (`shape.rotated`, bases in
     `plan_tensors`): only the heterogeneous format can hold it (per-block hidden widths and
     shortcut matrices); plain and nemotron-nas are refused. The record's `_model` is the sliced
-    model the weights were checked against. `model` is consumed (left on the meta device): its
-    weights are freed as the sliced ones are made, so memory never holds both. `dense` gives the
-    dense weights instead of `model` (a streamed model's :class:`~hubprune.streaming.FileStateDict`:
-    read one tensor at a time, so memory holds the sliced model and one dense tensor)."""
+    model (on the meta device) the weights were checked against. Each sliced tensor is computed
+    just before it is written, so memory holds the dense weights and one sliced tensor, never the
+    sliced model. `dense` gives the dense weights instead of `model` (a streamed model's
+    :class:`~hubprune.streaming.FileStateDict`: read one tensor at a time, so memory holds one
+    dense and one sliced tensor)."""
     from hubprune.export_hetero import write_hetero
-    from hubprune.rotation import ATTN_SHORTCUT, MLP_SHORTCUT, Bases, sliced_state_dict
-
-    shortcut_suffixes = (f"{ATTN_SHORTCUT}.weight", f"{MLP_SHORTCUT}.weight")
+    from hubprune.rotation import ATTN_SHORTCUT, MLP_SHORTCUT, Bases, SlicedWeights, sliced_shapes
 
     if export_format in ("plain", "nemotron-nas"):
         raise ExportError(
@@ -387,16 +387,16 @@ def write_sliced_shape(
     bases = Bases.from_tensors(plan_tensors, shape.dims.num_blocks)
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     dtype = next(model.parameters()).dtype
-    if dense is None:
-        dense = dict(model.state_dict())
-        model.to("meta")  # the dense weights now live only in `dense`, which slicing empties as it goes
-    state = sliced_state_dict(dense, adapter, bases, consume=True)
+    dense_shapes = shapes(model.state_dict())
+    state = SlicedWeights(model.state_dict() if dense is None else dense, adapter, bases)
+    sliced = sliced_shapes(dense_shapes, adapter, shape)
     head = f"{adapter.lm_head}.weight"
+    shortcut_suffixes = (f"{ATTN_SHORTCUT}.weight", f"{MLP_SHORTCUT}.weight")
     slicing = {
         "hidden_sizes": bases.widths,
         "final_hidden_size": bases.final_width,
-        "shortcut_params": sum(t.numel() for k, t in state.items() if k.endswith(shortcut_suffixes)),
-        "lm_head_params": state[head].numel(),
+        "shortcut_params": sum(math.prod(s) for k, s in sliced.items() if k.endswith(shortcut_suffixes)),
+        "lm_head_params": math.prod(sliced[head]),
         "lm_head_untied": tied,
     }
     record = write_hetero(
@@ -411,6 +411,7 @@ def write_sliced_shape(
         source_dir=source_dir,
         max_shard_size=max_shard_size,
         extra_files=extra_files,
+        lazy_shapes=sliced,
     )
     record["slicing"] = slicing
     return record

@@ -23,6 +23,7 @@ written config. hubprune itself loads such folders with its own copy of the remo
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -198,8 +199,41 @@ def _build_hetero(folder: Path, state_dict: dict[str, torch.Tensor], dtype: torc
     return model.eval()
 
 
+def _hetero_skeleton(folder: Path, actual: dict[str, tuple[int, ...]], dtype: torch.dtype) -> nn.Module:
+    """The model of `folder`'s config.json on the meta device, once `actual` (the names and
+    shapes of the weights about to be written) is checked against it: the weights are made one
+    at a time as they are written (:func:`_save_lazily`), never loaded into it."""
+    code = remote_code()
+    config = code.HubpruneConfig.from_pretrained(folder)
+    if config.tie_word_embeddings:
+        raise ExportError("tensors made one at a time are written for untied embeddings only")
+    with torch.device("meta"):
+        model = code.HubpruneForCausalLM._from_config(config, dtype=dtype)
+    check_tensors(shapes(model.state_dict()), actual, "heterogeneous")
+    return model.eval()
+
+
+def _save_lazily(
+    model: nn.Module, folder: Path, tensors: Mapping[str, torch.Tensor], max_shard_size: str | int
+) -> list[str]:
+    """Write `tensors` (each computed when read) as ``save_pretrained`` would write the meta
+    `model` holding them: same names, order, shards, index and bytes, one tensor in memory."""
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    from hubprune.tensor_writer import write_sharded
+
+    meta = remove_tied_weights_from_state_dict(model.state_dict(), model)
+    return write_sharded(
+        meta,
+        lambda name: tensors[name].to(meta[name].dtype),
+        folder,
+        max_shard_size=max_shard_size,
+        total_parameters=model.num_parameters(),
+    )
+
+
 def write_hetero(
-    state_dict: dict[str, torch.Tensor],
+    state_dict: Mapping[str, torch.Tensor],
     native_config: Any,
     layers: list[dict[str, Any]],
     folder: Path,
@@ -211,6 +245,7 @@ def write_hetero(
     extra_files: dict[str, str] | None = None,
     generation_config: Any = None,
     residual: dict[str, Any] | None = None,
+    lazy_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> dict[str, Any]:
     """Write the compact tensors `state_dict` (native names, removed modules left out, widths
     sliced) into the (staging) `folder` as a heterogeneous checkpoint with our remote code.
@@ -221,18 +256,27 @@ def write_hetero(
     native residual stream) or `{"final_hidden_size": int}` for a rotated, sliced one (SliceGPT:
     norm scales folded, shortcut tensors, no norm tensors, an untied `lm_head`). Returns the
     manifest's export record (its `_model` is the model the weights were checked against).
+    `lazy_shapes`: `state_dict` computes each tensor when it is read (a sliced model's
+    :class:`~hubprune.rotation.SlicedWeights`), these are their shapes; they are written one at a
+    time and `_model` is a meta-device model.
     """
     config = hetero_config(native_config, layers, residual)
+    if lazy_shapes is None:
+        build, save = (lambda f: _build_hetero(f, dict(state_dict), dtype)), None
+    else:
+        build = lambda f: _hetero_skeleton(f, lazy_shapes, dtype)  # noqa: E731
+        save = lambda m, f: _save_lazily(m, f, state_dict, max_shard_size)  # noqa: E731
     model, licenses = write_with_remote_code(
         folder,
         config,
         REMOTE_FILES,
-        lambda f: _build_hetero(f, dict(state_dict), dtype),
+        build,
         tokenizer=tokenizer,
         generation_config=generation_config,
         source_dir=source_dir,
         max_shard_size=max_shard_size,
         extra_files=extra_files,
+        save=save,
     )
     record = {
         "format": "compact",

@@ -130,8 +130,9 @@ def load(
 
 
 def choose_streaming(options: SourceOptions, source: ResolvedSource, method: str | None) -> tuple[bool, str]:
-    """Whether to stream the model block by block, and why: when asked (`--stream`), or when its
-    weights would not fit in the free memory of the device and `method` can stream."""
+    """Whether to stream the model block by block, and why: when asked (`--stream`), for a method
+    that slices the residual stream (unless `--no-stream`), or when its weights would not fit in
+    the free memory of the device and `method` can stream."""
     spec = get_method(method) if method is not None else None
     if options.stream is False:
         return False, "not streamed (--no-stream)"
@@ -150,6 +151,10 @@ def choose_streaming(options: SourceOptions, source: ResolvedSource, method: str
     need = loaded_bytes(source.local_dir, resolve_dtype(options.dtype, device))
     if need is None:
         return False, ""
+    if spec is not None and spec.slices_residual and spec.streams:
+        # Its PCA runs one block at a time either way and its export computes every sliced tensor
+        # from the dense ones: streamed, the same files come out without the dense model in memory.
+        return True, f"method '{spec.name}' reads one block at a time (--no-stream loads the model whole)"
     free = available_memory(device)
     if need <= FITS_FRACTION * free:
         return False, ""

@@ -20,9 +20,10 @@ With every d = D the sliced model computes exactly what the dense one does.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -140,74 +141,95 @@ def _read(
     return out
 
 
-def sliced_state_dict(
-    state_dict: Mapping[str, torch.Tensor], adapter: ArchAdapter, bases: Bases, *, consume: bool = False
-) -> dict[str, torch.Tensor]:
+class SlicedWeights(Mapping[str, torch.Tensor]):
     """The tensors of the sliced model (the contract of the heterogeneous format's
-    ``rotated_residual``) from the dense model's `state_dict` (native names; a tied ``lm_head``
-    may be absent) and `bases`. Arithmetic is float64; results have the dense tensors' dtype.
-    `consume=True` empties the (mutable) `state_dict` as it goes, so a caller that holds no other
-    reference to the dense weights never holds both models at once."""
-    check_rotatable(adapter)
-    if bases.inputs[0].device.type != "meta":
-        bases = bases.orthonormal()
-    state = state_dict if consume else dict(state_dict)
-    embed_key = f"{adapter.embed}.weight"
-    dtype = state[embed_key].dtype
-    num_blocks = len(bases.mids)
-    out: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
+    ``rotated_residual``), each computed from the dense model's `state_dict` (native names; a tied
+    ``lm_head`` may be absent) and `bases` when it is asked for, so a writer that takes one at a
+    time holds one sliced tensor, never the sliced model. Arithmetic is float64; results have the
+    dense tensors' dtype."""
 
-    def take(key: str) -> torch.Tensor:
-        used.add(key)
-        return state.pop(key) if consume else state[key]
+    def __init__(self, state_dict: Mapping[str, torch.Tensor], adapter: ArchAdapter, bases: Bases) -> None:
+        check_rotatable(adapter)
+        if bases.inputs[0].device.type != "meta":
+            bases = bases.orthonormal()
+        self._dense = state_dict
+        embed_key = f"{adapter.embed}.weight"
+        self._dtype = state_dict[embed_key].dtype
+        self._recipes: dict[str, Callable[[], torch.Tensor]] = {}
+        used: set[str] = set()
 
-    def norm_scale(block: int, norms: tuple[str, ...]) -> torch.Tensor:
-        return take(f"{_name(adapter, block, norms[0])}.weight")
+        def add(key: str, make: Callable[[], torch.Tensor], *sources: str) -> None:
+            used.update(sources)
+            self._recipes[key] = make
 
-    for b in range(num_blocks):
-        q_in, q_mid, q_out = (x.double() for x in (bases.inputs[b], bases.mids[b], bases.inputs[b + 1]))
-        scales = {
-            "attn": norm_scale(b, adapter.attention_norms),
-            "mlp": norm_scale(b, adapter.mlp_norms),
-        }
-        reads = {"attn": q_in, "mlp": q_mid}
-        writes = {"attn": q_mid, "mlp": q_out}
-        for p in adapter.projections:
-            root = adapter.attention if p.sublayer == "attn" else adapter.mlp
-            prefix = _name(adapter, b, f"{root}.{p.name}")
-            weight = take(f"{prefix}.weight")
-            bias_key = f"{prefix}.bias"
-            bias = take(bias_key) if bias_key in state else None
-            if p.reads == RESIDUAL:
-                out[f"{prefix}.weight"] = _read(weight, scales[p.sublayer], reads[p.sublayer], dtype)
-                if bias is not None:
-                    out[bias_key] = bias
-            elif RESIDUAL in p.writes:
-                basis = writes[p.sublayer]
-                out[f"{prefix}.weight"] = (basis.T @ weight.double()).to(dtype)
-                if bias is not None:
-                    out[bias_key] = (basis.T @ bias.double()).to(dtype)
-            else:
-                raise ExportError(f"{prefix} neither reads nor writes the residual stream")
-        out[f"{_name(adapter, b, ATTN_SHORTCUT)}.weight"] = (q_mid.T @ q_in).to(dtype)
-        out[f"{_name(adapter, b, MLP_SHORTCUT)}.weight"] = (q_out.T @ q_mid).to(dtype)
+        for b in range(len(bases.mids)):
+            q_in, q_mid, q_out = bases.inputs[b], bases.mids[b], bases.inputs[b + 1]
+            scales = {
+                "attn": _name(adapter, b, f"{adapter.attention_norms[0]}.weight"),
+                "mlp": _name(adapter, b, f"{adapter.mlp_norms[0]}.weight"),
+            }
+            reads = {"attn": q_in, "mlp": q_mid}
+            writes = {"attn": q_mid, "mlp": q_out}
+            for p in adapter.projections:
+                root = adapter.attention if p.sublayer == "attn" else adapter.mlp
+                prefix = _name(adapter, b, f"{root}.{p.name}")
+                weight, bias = f"{prefix}.weight", f"{prefix}.bias"
+                has_bias = bias in state_dict
+                if p.reads == RESIDUAL:
+                    scale, basis = scales[p.sublayer], reads[p.sublayer]
+                    add(weight, partial(self._reader, weight, scale, basis), weight, scale)
+                    if has_bias:
+                        add(bias, partial(self._dense.__getitem__, bias), bias)
+                elif RESIDUAL in p.writes:
+                    basis = writes[p.sublayer]
+                    add(weight, partial(self._writer, weight, basis), weight)
+                    if has_bias:
+                        add(bias, partial(self._writer, bias, basis), bias)
+                else:
+                    raise ExportError(f"{prefix} neither reads nor writes the residual stream")
+            add(f"{_name(adapter, b, ATTN_SHORTCUT)}.weight", partial(self._shortcut, q_mid, q_in))
+            add(f"{_name(adapter, b, MLP_SHORTCUT)}.weight", partial(self._shortcut, q_out, q_mid))
 
-    embedding = take(embed_key)
-    out[embed_key] = _read(embedding, None, bases.inputs[0].double(), dtype)
-    head_key = f"{adapter.lm_head}.weight"
-    head = take(head_key) if head_key in state and head_key not in used else embedding
-    final_scale = take(f"{adapter.final_norm}.weight")
-    out[head_key] = _read(head, final_scale, bases.inputs[-1].double(), dtype)
+        add(embed_key, partial(self._reader, embed_key, None, bases.inputs[0]), embed_key)
+        head_key = f"{adapter.lm_head}.weight"
+        head = head_key if head_key in state_dict and head_key not in used else embed_key
+        final_scale = f"{adapter.final_norm}.weight"
+        add(head_key, partial(self._reader, head, final_scale, bases.inputs[-1]), head, final_scale)
 
-    # Whatever is left (Qwen3's per-head q/k norms, rotary buffers) does not touch the stream.
-    for key, tensor in state.items():
-        if key in used or key in out:
-            continue
-        if _is_norm_weight(key, adapter):
-            raise ExportError(f"{key} is a norm of the residual stream that slicing did not fold")
-        out[key] = tensor
-    return out
+        # Whatever is left (Qwen3's per-head q/k norms, rotary buffers) does not touch the stream.
+        for key in state_dict:
+            if key in used or key in self._recipes:
+                continue
+            if _is_norm_weight(key, adapter):
+                raise ExportError(f"{key} is a norm of the residual stream that slicing did not fold")
+            add(key, partial(self._dense.__getitem__, key))
+
+    def _reader(self, key: str, scale: str | None, basis: torch.Tensor) -> torch.Tensor:
+        factor = None if scale is None else self._dense[scale]
+        return _read(self._dense[key], factor, basis.double(), self._dtype)
+
+    def _writer(self, key: str, basis: torch.Tensor) -> torch.Tensor:
+        return (basis.double().T @ self._dense[key].double()).to(self._dtype)
+
+    def _shortcut(self, to: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        return (to.double().T @ source.double()).to(self._dtype)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._recipes[key]()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._recipes)
+
+    def __len__(self) -> int:
+        return len(self._recipes)
+
+
+def sliced_state_dict(
+    state_dict: Mapping[str, torch.Tensor], adapter: ArchAdapter, bases: Bases
+) -> dict[str, torch.Tensor]:
+    """Every tensor of :class:`SlicedWeights` at once (the sliced model whole, in memory)."""
+    weights = SlicedWeights(state_dict, adapter, bases)
+    return {key: weights[key] for key in weights}
 
 
 def _is_norm_weight(key: str, adapter: ArchAdapter) -> bool:

@@ -2,11 +2,11 @@
 
 A plan that removes whole blocks (and, in the plain format, zero-fills removed attention / MLP
 sublayers) decides which tensors exist and what they are called, never what a kept tensor
-holds. So the export copies tensors from the source safetensors into new shards, one output
-shard at a time: kept block tensors renamed to their new indices, a removed sublayer's output
-projection written as zeros. Peak memory is about one output shard: `safe_open` hands out tensors
-backed by the memory-mapped file, whose pages become resident only while a shard is written and
-are released when that shard's tensors are dropped.
+holds. So the export copies tensors from the source safetensors into new shards, one
+tensor at a time (:mod:`hubprune.tensor_writer`): kept block tensors renamed to their new indices,
+a removed sublayer's output projection written as zeros. Peak memory is about one tensor:
+`safe_open` hands out tensors backed by the memory-mapped file, whose pages become resident only
+while the tensor is written.
 
 Byte-identical to the in-memory path (:func:`hubprune.surgery.apply_plan` with
 ``sublayers="zero"``, then ``save_pretrained``), because everything but the tensor bytes comes
@@ -23,10 +23,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -35,12 +33,10 @@ from hubprune import streaming
 from hubprune.arch import ArchAdapter
 from hubprune.plan import Plan
 from hubprune.shape import Shape
+from hubprune.tensor_writer import INDEX_NAME, write_sharded
 
 logger = logging.getLogger("hubprune.shard_export")
 
-#: transformers' file names (``transformers.utils.SAFE_WEIGHTS_NAME`` / ``SAFE_WEIGHTS_INDEX_NAME``).
-WEIGHTS_NAME = "model.safetensors"
-INDEX_NAME = "model.safetensors.index.json"
 #: safetensors header dtypes of floating tensors, as torch dtypes.
 _FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
@@ -173,42 +169,20 @@ def write_weights(
     max_shard_size: str | int,
 ) -> list[str]:
     """Write the output shards (and the index when there are several) into `folder`, reading
-    the source files of `weights` one output shard at a time; returns the files written."""
-    from huggingface_hub import split_torch_state_dict_into_shards
+    each tensor from the source files of `weights` when its turn comes; returns the files written."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
-    split = split_torch_state_dict_into_shards(
-        tensors.meta,
-        filename_pattern=WEIGHTS_NAME.replace(".safetensors", "{suffix}.safetensors"),
-        max_shard_size=max_shard_size,
+    def read(name: str) -> torch.Tensor:
+        meta, source = tensors.meta[name], tensors.sources[name]
+        if source is None:
+            return torch.zeros(meta.shape, dtype=meta.dtype)
+        with safe_open(str(source_dir / weights[source]), framework="pt") as handle:
+            tensor = handle.get_tensor(source)  # backed by the mapped file: no copy yet
+        return tensor if tensor.dtype == meta.dtype else tensor.to(meta.dtype)
+
+    return write_sharded(
+        tensors.meta, read, folder, max_shard_size=max_shard_size, total_parameters=tensors.total_parameters
     )
-    for number, (file, names) in enumerate(split.filename_to_tensors.items(), start=1):
-        with ExitStack() as handles:
-            opened: dict[str, Any] = {}
-            shard = {}
-            for name in names:
-                meta, source = tensors.meta[name], tensors.sources[name]
-                if source is None:
-                    shard[name] = torch.zeros(meta.shape, dtype=meta.dtype)
-                    continue
-                where = weights[source]
-                if where not in opened:
-                    opened[where] = handles.enter_context(safe_open(str(source_dir / where), framework="pt"))
-                tensor = opened[where].get_tensor(source)  # backed by the mapped file: no copy yet
-                shard[name] = tensor if tensor.dtype == meta.dtype else tensor.to(meta.dtype)
-            save_file(shard, str(folder / file), metadata={"format": "pt"})
-            del shard  # unmaps the source pages this shard touched
-        logger.info("wrote %s (%d/%d)", file, number, len(split.filename_to_tensors))
-    written = list(split.filename_to_tensors)
-    if split.is_sharded:
-        index = {
-            "metadata": {"total_parameters": tensors.total_parameters, **split.metadata},
-            "weight_map": split.tensor_to_filename,
-        }
-        (folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        written.append(INDEX_NAME)
-    return written
 
 
 def write_config(model: nn.Module, folder: Path) -> None:

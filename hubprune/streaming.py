@@ -77,8 +77,8 @@ class TensorFiles:
 
 class FileStateDict(MutableMapping[str, torch.Tensor]):
     """A model's state dict whose tensors stay in the checkpoint files until asked for: each read
-    returns a fresh tensor in `dtype`, `pop` forgets the name. An export that consumes a dense state
-    dict tensor by tensor (:func:`hubprune.rotation.sliced_state_dict`) thus never holds it whole."""
+    returns a fresh tensor in `dtype`, `pop` forgets the name. An export that reads a dense state dict
+    tensor by tensor (:class:`hubprune.rotation.SlicedWeights`) thus never holds it whole."""
 
     def __init__(self, files: TensorFiles, dtype: torch.dtype) -> None:
         self.files, self.dtype = files, dtype

@@ -190,22 +190,25 @@ def test_killed_streamed_run_resumes_after_the_last_finished_block(tmp_path, tex
 
 @pytest.mark.parametrize("family", ["llama", "phi3"])
 def test_streamed_slicing_export_is_byte_identical(family, tmp_path, text_file):
-    """A streamed sliced export reads the dense tensors from the files one at a time."""
+    """A streamed sliced export reads the dense tensors from the files one at a time; slicing
+    streams unless told not to."""
     folder = save_tiny(tmp_path / family, family)
     outs = {}
-    for flag in ("--no-stream", "--stream"):
+    for flag in ("--no-stream", "--stream", "default"):
         outs[flag] = tmp_path / flag.strip("-")
         argv = ["prune", str(folder), "--method", "slicegpt", "--amount", "0.25", "--method-arg", "multiple_of=8",
                 "--format", "compact", "--calibration", str(text_file), "--samples", "4", "--seq-len", "16",
-                "--out", str(outs[flag]), flag]  # fmt: skip
-        assert main(argv) == 0
+                "--out", str(outs[flag])]  # fmt: skip
+        assert main(argv if flag == "default" else [*argv, flag]) == 0
     files = {p.name for p in outs["--stream"].iterdir()} - {"hubprune.json"}
     assert any(name.endswith(".safetensors") for name in files)
     assert files == {p.name for p in outs["--no-stream"].iterdir()} - {"hubprune.json"}
     for name in files:
         assert (outs["--stream"] / name).read_bytes() == (outs["--no-stream"] / name).read_bytes(), name
-    a, b = (Manifest.load(out) for out in outs.values())
+    a, b, default = (Manifest.load(out) for out in outs.values())
     assert (
         b.stages["prune"]["streamed"] and a.model_before == b.model_before and a.model_after == b.model_after
     )
     assert a.export == b.export
+    assert not a.stages["prune"]["streamed"]
+    assert default.stages["prune"]["streamed"] and "slicegpt" in default.stages["prune"]["stream_reason"]

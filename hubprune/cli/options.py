@@ -44,8 +44,8 @@ def add_stream_options(parser: argparse.ArgumentParser) -> None:
         "--stream",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="score one block at a time, read from the checkpoint (default: only when the model does not fit "
-        "in the device's free memory); methods that need the whole model refuse it",
+        help="score one block at a time, read from the checkpoint (default: for slicegpt and dynamic-slicing, "
+        "and when the model does not fit in the device's free memory); methods that need the whole model refuse it",
     )
     group.add_argument(
         "--resumable",
