@@ -383,11 +383,13 @@ def _removed_rows(plan: Plan) -> list[dict[str, Any]]:
     from hubprune.layer_map import TRACE_VALUE_KEYS, trace_unit
 
     score_of: dict[Unit, Any] = {}
+    bound_of: dict[Unit, Any] = {}
     step_of: dict[Unit, int] = {}
     objective_of: dict[Unit, Any] = {}
     for s in plan.scores:
         unit = s["unit"] if isinstance(s["unit"], Unit) else Unit.from_dict(s["unit"])
         score_of.setdefault(unit, s.get("score"))
+        bound_of.setdefault(unit, _lower_bound(s))
         order = s.get("rank", s.get("removed_at_step"))
         if order is not None:
             step_of.setdefault(unit, int(order) + 1)
@@ -410,6 +412,7 @@ def _removed_rows(plan: Plan) -> list[dict[str, Any]]:
                 "unit": unit_label(unit),
                 "detail": detail,
                 "score": score_of.get(unit),
+                "bound": bound_of.get(unit),
                 "step": step_of.get(unit),
                 "objective": objective_of.get(unit),
             }
@@ -427,8 +430,22 @@ def _all_scores(plan: Plan) -> list[dict[str, Any]]:
     rows = []
     for s in plan.scores:
         unit = s["unit"] if isinstance(s["unit"], Unit) else Unit.from_dict(s["unit"])
-        rows.append({"unit": unit_label(unit), "score": s.get("score"), "removed": unit in removed})
+        rows.append(
+            {
+                "unit": unit_label(unit),
+                "score": s.get("score"),
+                "bound": _lower_bound(s),
+                "removed": unit in removed,
+            }
+        )
     return rows
+
+
+def _lower_bound(entry: Mapping[str, Any]) -> Any:
+    """What an unscored candidate's score is at least (FinerCut's early abandoning), else None."""
+    return (
+        entry.get("lower_bound") if entry.get("score") is None and _is_num(entry.get("lower_bound")) else None
+    )
 
 
 def budget_record(plan: Plan) -> dict[str, Any] | None:
@@ -790,6 +807,9 @@ def candidate_search_cost(plan: Plan, record: Mapping[str, Any]) -> dict[str, An
         "naive_flops": naive,
         "naive_ratio": naive / flops if naive and flops else None,
         "wall_s": record.get("wall_s") if _is_num(record.get("wall_s")) else None,
+        "abandoned": record.get("abandoned")
+        if record.get("bound") == "on" and _is_num(record.get("abandoned"))
+        else None,
     }
 
 
