@@ -26,7 +26,14 @@ from typing import Any
 from hubprune import __version__
 from hubprune.describe import block_widths, params_change, plan_shape, removal, summary, zero_filled
 from hubprune.hub import validate_repo_id
-from hubprune.layer_map import LAYER_MAP_NAME, LOSS_CURVE_NAME, TRACE_PLOT_NAME, pictures, write_pictures
+from hubprune.layer_map import (
+    LAYER_MAP_NAME,
+    LOSS_CURVE_NAME,
+    TRACE_PLOT_NAME,
+    pictures,
+    runner_up_points,
+    write_pictures,
+)
 from hubprune.plan import MANIFEST_NAME, Manifest, Plan, Unit
 from hubprune.redact import public_record
 
@@ -885,6 +892,7 @@ def build_context(
         "slicing": slicing,
         "layer_map": LAYER_MAP_NAME,
         "trace_plot": TRACE_PLOT_NAME if drawn[TRACE_PLOT_NAME] is not None else None,
+        "trace_closest": bool(runner_up_points(plan)),
         "trace_value_name": _trace_value_name(plan),
         "loss_curve": LOSS_CURVE_NAME if drawn[LOSS_CURVE_NAME] is not None else None,
         "search_cost": search_cost_summary(plan, search_cost_record(folder, manifest)),

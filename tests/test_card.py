@@ -386,6 +386,7 @@ def test_card_shows_abandoned_candidates_as_lower_bounds(tmp_path):
     assert "| attention 5 | ≥ 0.5 | 1 | 0.011 |" in text  # the removed-units table
     assert "| MLP 0 | ≥ 0.0123 |  |" in text and "| MLP 1 | 0.04 |  |" in text  # all scores
     assert "5 candidate evaluations (2 of them stopped early" in text
+    assert "; dashed, the closest candidate it did not remove at that step (an open circle" in text
     assert runner_up_points(plan) == [(1, 0.02, "mlp 5", True), (2, 0.04, "mlp 5", False)]
     svg = trace_svg(plan, value_name="divergence")
     assert svg.count('fill="#ffffff" stroke=') == 1 and "closest other, mlp 5 (&gt;= 0.02)" in svg
