@@ -1,14 +1,20 @@
-"""FinerCut search cost, naive vs cached, on the real SmolLM2-135M-Instruct; and a quality check.
+"""FinerCut search cost on the real SmolLM2-135M-Instruct: official, full and bounded; and a quality check.
 
-Search mode (default) runs both engines in one process on the same calibration tokens and
-prints the removal orders (they must be identical), the wall time and the forward FLOPs of each,
-and the ratios naive / cached. The naive engine is the official code's algorithm (every
-candidate a full pass from the embeddings, removed sublayers masked); the ratio against a naive
-search that skips removed sublayers instead is printed too:
+Search mode (default) runs the searches named by `--runs` in one process on the same calibration
+tokens and prints the removal orders (they must be identical), the wall time and the forward
+FLOPs of each, and the ratios:
 
-    python bench/finercut_search.py --samples 16 --seq-len 128 --amount 0.25
+* `naive`: the official code's algorithm (every candidate a full pass from the embeddings,
+  removed sublayers masked); hours at 16 x 128 on a 2-core CPU, so not run by default: its FLOPs
+  are then computed from the measured per-sublayer costs (every candidate of every step, a full
+  pass over every sequence: exactly what the naive engine tallies when it runs);
+* `full`: the cached engine with the bound off (every candidate scored on every token);
+* `bounded`: the cached engine with early abandoning (the default).
 
-(On a 2-core CPU the naive search at 16 x 128 takes hours; 4 x 64 with one thread took 43 min.)
+    python bench/finercut_search.py --samples 16 --seq-len 128 --amount 0.25 --threads 1
+
+prints official / bounded and full / bounded (FLOPs and wall time; wall time against the
+official search only when `naive` ran).
 
 Quality mode compares FinerCut with a parameter budget of `--blocks` blocks' worth against
 block influence removing that many whole blocks, same calibration text, perplexity on different
@@ -36,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hubprune import data as data_mod  # noqa: E402
 from hubprune import offline  # noqa: E402
 from hubprune.arch import adapter_for  # noqa: E402
+from hubprune.card import naive_search_flops  # noqa: E402
 from hubprune.evaluation.perplexity import perplexity  # noqa: E402
 from hubprune.methods import Budget, MethodContext, get_method  # noqa: E402
 from hubprune.methods.finercut import FinerCutParams, finercut_search, plan_finercut  # noqa: E402
@@ -59,33 +66,52 @@ def calibration(
     return data_mod.build_calibration(tokenizer, texts, samples=samples, seq_len=seq_len, seed=seed)
 
 
+RUNS = {  # name -> (engine, bound)
+    "naive": ("naive", "off"),
+    "full": ("cached", "off"),
+    "bounded": ("cached", "on"),
+}
+
+
 def search_mode(args: argparse.Namespace) -> dict:
     model, tokenizer = load_model()
     adapter = adapter_for(model)
     batch = calibration(tokenizer, args.calibration, args.samples, args.seq_len, args.seed)
     count = Budget.parse(args.amount).unit_count(2 * adapter.num_blocks(model), "sublayers")
     results = {}
-    for engine in args.engines:
+    for name in args.runs:
+        engine, bound = RUNS[name]
         params = FinerCutParams(
-            divergence=args.divergence, engine=engine, reuse_budget_mb=args.reuse_budget_mb
+            divergence=args.divergence,
+            engine=engine,
+            reuse_budget_mb=args.reuse_budget_mb,
+            bound=bound,
+            bound_rows=args.bound_rows,
         )
         torch.manual_seed(0)
         res = finercut_search(
             model, adapter, batch, params, lambda removed: len(removed) >= count, batch_size=args.batch_size
         )
-        results[engine] = res
+        results[name] = res
         print(
-            f"{engine:>6}: {res.stats['wall_s']:8.1f} s  {res.stats['forward_flops'] / 1e12:8.3f} TFLOP  "
+            f"{name:>7}: {res.stats['wall_s']:8.1f} s  {res.stats['forward_flops'] / 1e12:8.3f} TFLOP  "
             f"order: {' '.join(u.name.replace(' ', '') for u in res.order)}",
             flush=True,
         )
-    out = {
+    first = next(iter(results.values()))
+    # The official search's FLOPs: every candidate a full masked pass over every sequence (what the
+    # naive engine tallies; computed from the measured per-sublayer costs when it did not run).
+    official = naive_search_flops(
+        first.stats["flops_per_row"], first.stats["candidate_evaluations"], args.samples
+    )
+    out: dict = {
         "model": "SmolLM2-135M-Instruct (offline GGUF, fp32)",
         "calibration": f"{args.calibration} {args.samples}x{args.seq_len} seed {args.seed}",
         "sublayers_removed": count,
         "divergence": args.divergence,
         "torch_threads": torch.get_num_threads(),
-        "engines": {
+        "official_flops_computed": official,
+        "runs": {
             k: {
                 kk: v.stats[kk]
                 for kk in (
@@ -94,39 +120,92 @@ def search_mode(args: argparse.Namespace) -> dict:
                     "forward_flops_if_skipping",
                     "full_forward_calls",
                     "block_evaluations",
+                    "candidate_evaluations",
+                    "abandoned",
                 )
             }
             for k, v in results.items()
         },
+        "orders": {k: [u.name for u in v.order] for k, v in results.items()},
     }
-    if {"naive", "cached"} <= results.keys():
-        naive, cached = results["naive"], results["cached"]
-        same = naive.order == cached.order
-        out["same_order"] = same
-        out["wall_ratio"] = naive.stats["wall_s"] / cached.stats["wall_s"]
-        out["flops_ratio"] = naive.stats["forward_flops"] / cached.stats["forward_flops"]
-        out["max_score_diff"] = max(
-            abs(naive.step_scores[i][u] - cached.step_scores[i][u])
-            for i in range(len(naive.step_scores))
-            for u in naive.step_scores[i]
+    out["same_order"] = len({tuple(v.order) for v in results.values()}) == 1
+    print(f"same order in every run: {out['same_order']}")
+    if "naive" in results:
+        measured = results["naive"].stats["forward_flops"]
+        print(f"official FLOPs: measured {measured:.4g}, computed {official:.4g}")
+        official = measured
+    if "bounded" in results:
+        bounded = results["bounded"].stats
+        out["flops_ratio_official_over_bounded"] = official / bounded["forward_flops"]
+        out["abandoned"] = (
+            f"{bounded['abandoned']} of {bounded['candidate_evaluations']} candidate evaluations"
         )
-        print(f"same order: {same}; max |score difference|: {out['max_score_diff']:.3g}")
-        # The naive engine is the official algorithm: removed sublayers are masked (computed, output
-        # zeroed), so every evaluation is a full pass. Its stats also hold what the same passes cost
-        # if removed sublayers were skipped instead: a stronger baseline, reported alongside.
-        out["flops_ratio_vs_skipping_naive"] = (
-            naive.stats["forward_flops_if_skipping"] / cached.stats["forward_flops"]
-        )
-        per_row = naive.stats["flops_per_row"]
-        dense_row = sum(per_row["attn"]) + sum(per_row["mlp"]) + per_row["head"]
-        out["head_share_of_dense_forward"] = per_row["head"] / dense_row
-        print(f"wall-time ratio naive/cached: {out['wall_ratio']:.2f}")
-        print(f"forward-FLOPs ratio naive/cached: {out['flops_ratio']:.2f}")
+        print(f"abandoned early: {out['abandoned']}")
+        print(f"forward-FLOPs ratio official / bounded: {out['flops_ratio_official_over_bounded']:.2f}")
+    if "full" in results:
+        out["flops_ratio_official_over_full"] = official / results["full"].stats["forward_flops"]
+        print(f"forward-FLOPs ratio official / full (cached): {out['flops_ratio_official_over_full']:.2f}")
+    for slow, fast in (("full", "bounded"), ("naive", "bounded"), ("naive", "full")):
+        if {slow, fast} <= results.keys():
+            a, b = results[slow], results[fast]
+            if slow != "naive":
+                out[f"flops_ratio_{slow}_over_{fast}"] = a.stats["forward_flops"] / b.stats["forward_flops"]
+                print(f"forward-FLOPs ratio {slow} / {fast}: {out[f'flops_ratio_{slow}_over_{fast}']:.2f}")
+            out[f"wall_ratio_{slow}_over_{fast}"] = a.stats["wall_s"] / b.stats["wall_s"]
+            print(f"wall-time ratio {slow} / {fast}: {out[f'wall_ratio_{slow}_over_{fast}']:.2f}")
+            out[f"max_score_diff_{slow}_{fast}"] = max(
+                abs(a.step_scores[i][u] - b.step_scores[i][u])
+                for i in range(min(len(a.step_scores), len(b.step_scores)))
+                for u in a.step_scores[i].keys() & b.step_scores[i].keys()
+            )
+    if "naive" in results:
+        # Removed sublayers are masked (computed, output zeroed) in the official algorithm; its stats
+        # also hold what the same passes cost if they were skipped instead: a stronger baseline.
+        best = "bounded" if "bounded" in results else "full"
+        if best in results:
+            skipping = results["naive"].stats["forward_flops_if_skipping"]
+            out[f"flops_ratio_skipping_naive_over_{best}"] = skipping / results[best].stats["forward_flops"]
+            print(
+                f"forward-FLOPs ratio if the naive search skipped removed sublayers, over {best}: "
+                f"{out[f'flops_ratio_skipping_naive_over_{best}']:.2f}"
+            )
+    if "bounded" in results:
+        out["share_of_candidate_tokens_scored"] = scored_share(results["bounded"])
         print(
-            "forward-FLOPs ratio if the naive search skipped removed sublayers instead of masking them: "
-            f"{out['flops_ratio_vs_skipping_naive']:.2f}"
+            f"share of candidate x token pairs the bounded search scored: {out['share_of_candidate_tokens_scored']:.3f}"
         )
+    if "full" in results:
+        out["ceiling_share"] = ceiling_share(results["full"])
+        print(
+            "share an ideal bound would score (best value known first, token by token, every "
+            f"candidate's divergence spread evenly): {out['ceiling_share']:.3f}"
+        )
+    per_row = first.stats["flops_per_row"]
+    dense_row = sum(per_row["attn"]) + sum(per_row["mlp"]) + per_row["head"]
+    out["head_share_of_dense_forward"] = per_row["head"] / dense_row
     return out
+
+
+def scored_share(result: object) -> float:
+    """The share of (candidate, calibration token) pairs a bounded search scored."""
+    tokens = result.stats["calibration_tokens"]
+    scored = sum(
+        len(exact) * tokens + sum(t for _, t in dropped.values())
+        for exact, dropped in zip(result.step_scores, result.step_bounds, strict=True)
+    )
+    return scored / (result.stats["candidate_evaluations"] * tokens)
+
+
+def ceiling_share(full: object) -> float:
+    """From a full search's exact scores: the share of (candidate, token) pairs that even an ideal
+    running-sum bound must score: a candidate scoring s against the step's best D* can only be
+    ruled out once it has seen a share D*/s of the tokens (if its divergence is spread evenly)."""
+    pairs = [
+        min(1.0, min(scores.values()) / value) if value > 0 else 1.0
+        for scores in full.step_scores
+        for value in scores.values()
+    ]
+    return sum(pairs) / len(pairs)
 
 
 def quality_mode(args: argparse.Namespace) -> dict:
@@ -193,7 +272,14 @@ def main() -> None:
     parser.add_argument("--divergence", default="js-official")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--reuse-budget-mb", type=int, default=1024)
-    parser.add_argument("--engines", nargs="+", default=["naive", "cached"])
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        choices=list(RUNS),
+        default=["full", "bounded"],
+        help="naive: the official algorithm; full: cached engine, bound off; bounded: cached, bound on",
+    )
+    parser.add_argument("--bound-rows", type=int, default=1, help="sequences between two checks of the bound")
     parser.add_argument("--blocks", type=int, default=4, help="quality: blocks' worth of parameters")
     parser.add_argument("--eval-text", default="offline:xsum")
     parser.add_argument("--eval-samples", type=int, default=32)

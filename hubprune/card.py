@@ -26,7 +26,14 @@ from typing import Any
 from hubprune import __version__
 from hubprune.describe import block_widths, params_change, plan_shape, removal, summary, zero_filled
 from hubprune.hub import validate_repo_id
-from hubprune.layer_map import LAYER_MAP_NAME, LOSS_CURVE_NAME, TRACE_PLOT_NAME, pictures, write_pictures
+from hubprune.layer_map import (
+    LAYER_MAP_NAME,
+    LOSS_CURVE_NAME,
+    TRACE_PLOT_NAME,
+    pictures,
+    runner_up_points,
+    write_pictures,
+)
 from hubprune.plan import MANIFEST_NAME, Manifest, Plan, Unit
 from hubprune.redact import public_record
 
@@ -383,11 +390,13 @@ def _removed_rows(plan: Plan) -> list[dict[str, Any]]:
     from hubprune.layer_map import TRACE_VALUE_KEYS, trace_unit
 
     score_of: dict[Unit, Any] = {}
+    bound_of: dict[Unit, Any] = {}
     step_of: dict[Unit, int] = {}
     objective_of: dict[Unit, Any] = {}
     for s in plan.scores:
         unit = s["unit"] if isinstance(s["unit"], Unit) else Unit.from_dict(s["unit"])
         score_of.setdefault(unit, s.get("score"))
+        bound_of.setdefault(unit, _lower_bound(s))
         order = s.get("rank", s.get("removed_at_step"))
         if order is not None:
             step_of.setdefault(unit, int(order) + 1)
@@ -410,6 +419,7 @@ def _removed_rows(plan: Plan) -> list[dict[str, Any]]:
                 "unit": unit_label(unit),
                 "detail": detail,
                 "score": score_of.get(unit),
+                "bound": bound_of.get(unit),
                 "step": step_of.get(unit),
                 "objective": objective_of.get(unit),
             }
@@ -427,8 +437,22 @@ def _all_scores(plan: Plan) -> list[dict[str, Any]]:
     rows = []
     for s in plan.scores:
         unit = s["unit"] if isinstance(s["unit"], Unit) else Unit.from_dict(s["unit"])
-        rows.append({"unit": unit_label(unit), "score": s.get("score"), "removed": unit in removed})
+        rows.append(
+            {
+                "unit": unit_label(unit),
+                "score": s.get("score"),
+                "bound": _lower_bound(s),
+                "removed": unit in removed,
+            }
+        )
     return rows
+
+
+def _lower_bound(entry: Mapping[str, Any]) -> Any:
+    """What an unscored candidate's score is at least (FinerCut's early abandoning), else None."""
+    return (
+        entry.get("lower_bound") if entry.get("score") is None and _is_num(entry.get("lower_bound")) else None
+    )
 
 
 def budget_record(plan: Plan) -> dict[str, Any] | None:
@@ -790,6 +814,9 @@ def candidate_search_cost(plan: Plan, record: Mapping[str, Any]) -> dict[str, An
         "naive_flops": naive,
         "naive_ratio": naive / flops if naive and flops else None,
         "wall_s": record.get("wall_s") if _is_num(record.get("wall_s")) else None,
+        "abandoned": record.get("abandoned")
+        if record.get("bound") == "on" and _is_num(record.get("abandoned"))
+        else None,
     }
 
 
@@ -865,6 +892,7 @@ def build_context(
         "slicing": slicing,
         "layer_map": LAYER_MAP_NAME,
         "trace_plot": TRACE_PLOT_NAME if drawn[TRACE_PLOT_NAME] is not None else None,
+        "trace_closest": bool(runner_up_points(plan)),
         "trace_value_name": _trace_value_name(plan),
         "loss_curve": LOSS_CURVE_NAME if drawn[LOSS_CURVE_NAME] is not None else None,
         "search_cost": search_cost_summary(plan, search_cost_record(folder, manifest)),

@@ -12,7 +12,9 @@ which is the future Hub repo, and the card links them by relative path so the Hu
   the residual width each block reads out of the dense width D, and a last "head" cell for the
   width the final norm and ``lm_head`` read.
 * :func:`trace_svg` plots the search objective (e.g. FinerCut's divergence) against the number
-  of units removed so far, for plans that carry a trace.
+  of units removed so far, for plans that carry a trace; when the steps list their candidates,
+  also the closest other candidate of each step (a hollow marker where that is a lower bound:
+  the search stopped scoring the candidates early once they could not be the minimum).
 * :func:`curve_svg` plots an optimisation's loss per step and its moving-average baseline, for
   plans that carry a curve (policy gradient). Both plots share one drawing helper (`_line_plot`).
 """
@@ -38,6 +40,7 @@ PICTURE_NAMES = (LAYER_MAP_NAME, TRACE_PLOT_NAME, LOSS_CURVE_NAME)
 
 _KEPT = "#9ecae1"
 _REMOVED = "#e34a33"
+_OTHER = "#636363"
 _PARTIAL = "#fdbb84"
 _EMPTY = "#f2f2f2"
 _TEXT = "#222222"
@@ -242,6 +245,28 @@ def trace_points(plan: Plan) -> list[tuple[int, float, str]]:
     return points
 
 
+def runner_up_points(plan: Plan) -> list[tuple[int, float, str, bool]]:
+    """(step, value, unit, is a lower bound) of the lowest candidate that a greedy step did not
+    remove, for trace steps that list their candidates (FinerCut's `candidates`). A candidate the
+    search dropped early has a null score and a `lower_bound`; when the lowest value among the
+    others is such a bound, the closest other candidate scores at least that much."""
+    points = []
+    for i, step in enumerate(plan.trace):
+        removed = trace_unit(step)
+        others = []
+        for c in step.get("candidates") or []:
+            if removed is not None and c.get("unit") == removed.name:
+                continue
+            exact = isinstance(c.get("score"), int | float)
+            value = c["score"] if exact else c.get("lower_bound")
+            if isinstance(value, int | float) and math.isfinite(value):
+                others.append((float(value), not exact, str(c.get("unit", ""))))
+        if others:
+            value, low, label = min(others, key=lambda o: (o[0], o[1]))
+            points.append((i + 1, value, label, low))
+    return points
+
+
 @dataclass(frozen=True)
 class _Series:
     """One line of a plot: its points (x, y, tooltip), colour, legend text ("" for none), and
@@ -252,6 +277,7 @@ class _Series:
     legend: str = ""
     dashed: bool = False
     markers: bool = True
+    hollow: frozenset[int] = frozenset()  # indices of points drawn as open circles
 
 
 def _line_plot(
@@ -299,9 +325,14 @@ def _line_plot(
         dash = ' stroke-dasharray="6 4"' if s.dashed else ""
         out.append(f'<polyline points="{line}" fill="none" stroke="{s.colour}" stroke-width="2"{dash}/>')
         if s.markers:
-            for x, y, tip in s.points:
+            for i, (x, y, tip) in enumerate(s.points):
+                fill = (
+                    f'fill="#ffffff" stroke="{s.colour}" stroke-width="1.5"'
+                    if i in s.hollow
+                    else f'fill="{s.colour}"'
+                )
                 out.append(
-                    f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{s.colour}">'
+                    f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" {fill}>'
                     f"<title>{escape(tip)}</title></circle>"
                 )
     out.append(
@@ -333,8 +364,19 @@ def trace_svg(plan: Plan, *, value_name: str = "objective") -> str | None:
     if not points:
         return None
     line = [(x, y, f"step {x}: {label} ({_fmt(y)})") for x, y, label in points]
+    closest = runner_up_points(plan)
+    series = [_Series(line, _REMOVED, "removed" if closest else "")]
+    if closest:
+        tips = [
+            (x, y, f"step {x}: closest other, {u} ({'>= ' if low else ''}{_fmt(y)})")
+            for x, y, u, low in closest
+        ]
+        hollow = frozenset(i for i, point in enumerate(closest) if point[3])
+        series.append(
+            _Series(tips, _OTHER, "closest other candidate (open: at least)", dashed=True, hollow=hollow)
+        )
     return _line_plot(
-        [_Series(line, _REMOVED)],
+        series,
         title=f"{value_name} vs. units removed ({plan.method})",
         x_label=f"{'sublayers' if sublayers else 'units'} removed",
         y_label=value_name,

@@ -360,6 +360,40 @@ def test_layer_map_shows_attention_and_mlp_separately():
     assert ">attention</text>" not in blocks and blocks.count(": removed</title>") == 2
 
 
+def test_card_shows_abandoned_candidates_as_lower_bounds(tmp_path):
+    """Catches a candidate that FinerCut's bound stopped early shown as if scored (or as "–"): the
+    tables say "≥ bound", the cost line counts them, the trace plot's closest other candidate is an
+    open circle where it is a bound, and `inspect` prints ">= bound"."""
+    from hubprune.cli.inspect import format_table
+    from hubprune.layer_map import runner_up_points, trace_svg
+
+    manifest = sublayer_manifest()
+    plan = manifest.plan
+    plan.scores[1].update(score=None, lower_bound=0.0123, abandoned_after_tokens=64)  # MLP 0
+    plan.scores[10].update(score=None, lower_bound=0.5, abandoned_after_tokens=128)  # attention 5, removed
+    plan.trace[0]["candidates"] = [
+        {"unit": "attn 5", "score": 0.011},
+        {"unit": "mlp 5", "score": None, "lower_bound": 0.02, "abandoned_after_tokens": 64},
+        {"unit": "attn 4", "score": 0.03},
+    ]
+    plan.trace[1]["candidates"] = [{"unit": "attn 4", "score": 0.023}, {"unit": "mlp 5", "score": 0.04}]
+    plan.calibration = block_manifest().plan.calibration
+    folder = write_run(tmp_path / "run", manifest)
+    raw = json.loads((folder / "hubprune.json").read_text(encoding="utf-8"))
+    raw["plan"]["search_cost"] = {**SEARCH_COST, "bound": "on", "abandoned": 2}
+    (folder / "hubprune.json").write_text(json.dumps(raw), encoding="utf-8")
+    text = card.render_card_text(folder, repo_id="test-org/pruned")
+    assert "| attention 5 | ≥ 0.5 | 1 | 0.011 |" in text  # the removed-units table
+    assert "| MLP 0 | ≥ 0.0123 |  |" in text and "| MLP 1 | 0.04 |  |" in text  # all scores
+    assert "5 candidate evaluations (2 of them stopped early" in text
+    assert "; dashed, the closest candidate it did not remove at that step (an open circle" in text
+    assert runner_up_points(plan) == [(1, 0.02, "mlp 5", True), (2, 0.04, "mlp 5", False)]
+    svg = trace_svg(plan, value_name="divergence")
+    assert svg.count('fill="#ffffff" stroke=') == 1 and "closest other, mlp 5 (&gt;= 0.02)" in svg
+    table = format_table(plan)
+    assert ">= 0.0123" in table and ">= 0.5" in table
+
+
 def test_eval_rows_from_manifest_summary():
     """Catches a card that only understands eval/results.json and not the manifest's evaluate summary."""
     summary = {

@@ -20,7 +20,7 @@ from hubprune.methods.finercut import (
     js_textbook,
     kl_divergence,
 )
-from hubprune.plan import Plan
+from hubprune.plan import Plan, Unit
 from tests.tiny import FAMILIES, SAMPLE_TEXT, char_tokenizer, tiny_model
 
 
@@ -69,26 +69,121 @@ def test_divergences_match_hand_computation():
     [(family, 1024) for family in FAMILIES] + [("llama", 0), ("qwen2", 1)],
 )
 def test_cached_search_equals_naive(family, reuse_mb):
-    """Would catch a cached engine that resumes from a stale state (wrong order or scores).
+    """Would catch a cached engine that resumes from a stale state (wrong order or scores), or a
+    bound that drops a candidate which could still be the minimum, or reports a bound above its
+    score.
 
     1024 MB keeps every boundary of these tiny models; 1 MB only a few speculated ones; 0 none."""
     model = tiny_model(family, num_layers=6)
     adapter = adapter_for(model)
     batch = _calibration()
     results = {}
-    for engine in ("naive", "cached"):
-        params = FinerCutParams(engine=engine, reuse_budget_mb=reuse_mb)
-        results[engine] = finercut_search(
+    for name, engine, bound in (
+        ("naive", "naive", "on"),
+        ("full", "cached", "off"),
+        ("bounded", "cached", "on"),
+    ):
+        params = FinerCutParams(engine=engine, reuse_budget_mb=reuse_mb, bound=bound)
+        results[name] = finercut_search(
             model, adapter, batch, params, lambda removed: len(removed) >= 6, batch_size=2, progress=False
         )
-    naive, cached = results["naive"], results["cached"]
-    assert naive.order == cached.order
-    for a, b in zip(naive.step_scores, cached.step_scores, strict=True):
+    naive, full, bounded = results["naive"], results["full"], results["bounded"]
+    assert naive.order == full.order == bounded.order
+    assert naive.stats["bound"] == full.stats["bound"] == "off" and bounded.stats["bound"] == "on"
+    for step, (a, b) in enumerate(zip(naive.step_scores, full.step_scores, strict=True)):
         assert a.keys() == b.keys()
         for unit in a:
             assert b[unit] == pytest.approx(a[unit], rel=1e-5, abs=1e-9)
-    assert cached.stats["forward_flops"] < naive.stats["forward_flops"] / (1.5 if reuse_mb else 1.2)
-    assert naive.stats["full_forward_calls"] > cached.stats["full_forward_calls"]
+        exact, dropped = bounded.step_scores[step], bounded.step_bounds[step]
+        assert exact.keys() | dropped.keys() == a.keys() and not exact.keys() & dropped.keys()
+        for unit, value in exact.items():
+            assert value == pytest.approx(a[unit], rel=1e-5, abs=1e-9)
+        for unit, (bound, tokens) in dropped.items():
+            assert bounded.step_divergence[step] < bound <= a[unit] * (1 + 1e-5)
+            assert 0 < tokens < bounded.stats["calibration_tokens"]
+    assert full.stats["forward_flops"] < naive.stats["forward_flops"] / (1.5 if reuse_mb else 1.2)
+    assert naive.stats["full_forward_calls"] > full.stats["full_forward_calls"]
+    assert bounded.stats["abandoned"] > 0
+    assert bounded.stats["forward_flops"] < full.stats["forward_flops"]
+
+
+def _scripted_engine(per_chunk: dict, tokens_per_chunk: int = 10) -> _Engine:
+    """An engine whose candidates add fixed per-chunk sums instead of running a model: the bound's
+    bookkeeping on values chosen by hand."""
+    chunks = len(next(iter(per_chunk.values())))
+    engine = object.__new__(_Engine)
+    engine.chunks = [None] * chunks
+    engine.tokens = chunks * tokens_per_chunk
+    engine.cached = True
+    engine.divergence = "kl"
+    engine.chunk_order = list(range(chunks))
+    ran: list[tuple[str, int]] = []
+
+    def advance(units, chunk, _last, objectives):
+        for unit in units:
+            ran.append((unit.name, chunk))
+            objectives[unit].parts[chunk] = per_chunk[unit][chunk]
+            objectives[unit].total += per_chunk[unit][chunk]
+            objectives[unit].count += tokens_per_chunk
+
+    engine._advance = advance
+    engine.ran = ran
+    return engine
+
+
+def test_bound_drops_a_candidate_when_its_running_sum_crosses_the_best():
+    """Would catch a bound compared with >= (a tie dropped, so the tie-break changes), one checked
+    against a candidate's own mean instead of the final count, or a drop left out of the record.
+
+    D* = 2.0 (attn 3 completes first: lowest first chunk). mlp 3 reaches 2.1 > D* on its third
+    chunk and is dropped there; attn 0 ties D* exactly after its third chunk (its last adds 0), so
+    it must go on and complete, and wins the tie by block order, as in the full search; mlp 0 is
+    dropped after its first chunk."""
+    from hubprune.plan import Unit
+
+    values = {
+        Unit("attn", 3): [0.5, 0.5, 0.5, 0.5],
+        Unit("mlp", 3): [0.6, 0.6, 0.9, 0.1],
+        Unit("attn", 0): [0.7, 0.3, 1.0, 0.0],
+        Unit("mlp", 0): [3.0, 0.0, 0.0, 0.0],
+    }
+    units = list(values)
+    full = _scripted_engine(values).evaluate_many(units, None)
+    bounded = _scripted_engine(values)
+    exact, dropped = bounded.evaluate_bounded(units, None, [])
+    assert exact == {Unit("attn", 3): 2.0 / 40, Unit("attn", 0): 2.0 / 40}
+    assert dropped[Unit("mlp", 3)] == (pytest.approx(2.1 / 40), 30)
+    assert dropped[Unit("mlp", 0)] == (3.0 / 40, 10)
+    argmin = lambda scores: min(scores, key=lambda u: (scores[u], u.block, u.kind))  # noqa: E731
+    assert argmin(exact) == argmin(full) == Unit("attn", 0)
+    assert ("mlp 3", 3) not in bounded.ran and ("mlp 0", 1) not in bounded.ran
+    assert bounded.ran[:4] == [(u.name, 0) for u in units]  # first every candidate's first chunk
+    # In another chunk order (the last removal's most moved sequences first) every candidate
+    # starts with that chunk; mlp 0 (0 there) completes first, and the outcome is the same.
+    reordered = _scripted_engine(values)
+    reordered.chunk_order = [2, 0, 1, 3]
+    exact, dropped = reordered.evaluate_bounded(units, None, [])
+    assert argmin(exact) == Unit("attn", 0) and exact[Unit("mlp", 0)] == 3.0 / 40
+    assert dropped[Unit("mlp", 3)] == (pytest.approx(2.1 / 40), 30)
+    assert reordered.ran[:4] == [(u.name, 2) for u in units]
+
+
+def test_bounded_step_orders_the_next_chunks_by_the_chosen_candidate():
+    """Would catch the next step scoring chunks in a fixed order instead of the most moved first."""
+    model = tiny_model("llama", num_layers=4)
+    engine = _Engine(
+        model, adapter_for(model), _calibration(), 1, "js-official", cached=True, reuse_budget_mb=64
+    )
+    units = [Unit(kind, b) for b in range(4) for kind in ("attn", "mlp")]
+    engine.begin_step([], len(units))
+    exact, _ = engine.evaluate_bounded(units, None, [])
+    chosen = min(exact, key=lambda u: (exact[u], u.block, u.kind))
+    parts = engine.parts[chosen]
+    assert sorted(parts) == [0, 1, 2, 3] and sum(parts.values()) / engine.tokens == pytest.approx(
+        exact[chosen]
+    )
+    engine.commit(chosen)
+    assert engine.chunk_order == sorted(parts, key=lambda c: -parts[c]) != [0, 1, 2, 3]
 
 
 def test_cached_engine_runs_only_what_a_removal_changed():
@@ -105,7 +200,7 @@ def test_cached_engine_runs_only_what_a_removal_changed():
         model,
         adapter,
         batch,
-        FinerCutParams(engine="cached", reuse_budget_mb=1024),
+        FinerCutParams(engine="cached", reuse_budget_mb=1024, bound="off"),
         lambda removed: len(removed) >= 5,
         batch_size=2,
         progress=False,
@@ -147,7 +242,10 @@ def test_plan_records_trace_scores_and_budget():
     assert 0 < reached["params_fraction"] < 0.5
     assert [t["step"] for t in plan.trace] == [0, 1]
     assert len(plan.trace[0]["candidates"]) == 8 and len(plan.trace[1]["candidates"]) == 7
-    assert plan.trace[0]["divergence"] == min(c["score"] for c in plan.trace[0]["candidates"])
+    for step in plan.trace:
+        exact = [c["score"] for c in step["candidates"] if c["score"] is not None]
+        assert step["divergence"] == min(exact)
+        assert all(c["lower_bound"] > step["divergence"] for c in step["candidates"] if c["score"] is None)
     assert {u.name for u in plan.removed} == {t["name"] for t in plan.trace}
     assert len(plan.scores) == 8 and plan.params["divergence"] == "js-official"
     assert Plan.from_dict(plan.to_dict()).removed == plan.removed
@@ -173,12 +271,44 @@ def test_one_shot_removes_in_score_order():
     assert [t["name"] for t in plan.trace] == [s["unit"].name for s in ranked[:3]]
 
 
-@pytest.mark.parametrize("divergence", ["js", "angular", "perplexity"])
-def test_other_divergences_run(divergence):
-    """Would catch a divergence name accepted but not wired to the engine."""
-    model = tiny_model("phi3", num_layers=2)
+@pytest.mark.parametrize("divergence", ["js", "kl", "angular", "perplexity"])
+def test_other_divergences_run_and_bound_exactly(divergence):
+    """Would catch a divergence name accepted but not wired to the engine, or a bound that is not
+    one for it (the perplexity's per-token NLL is >= 0 too, so its running sum bounds it as well)."""
+    model = tiny_model("phi3", num_layers=4)
     plan = _plan(model, Budget(1), divergence=divergence)
     assert len(plan.removed) == 1 and plan.params["divergence"] == divergence
+    adapter, batch = adapter_for(model), _calibration()
+    runs = [
+        finercut_search(
+            model,
+            adapter,
+            batch,
+            FinerCutParams(divergence=divergence, bound=bound),
+            lambda removed: len(removed) >= 4,
+            batch_size=2,
+            progress=False,
+        )
+        for bound in ("off", "on")
+    ]
+    assert runs[0].order == runs[1].order
+    # Perplexities do not approach 0: a candidate goes only once its sum passes the best one's
+    # total, late or never (never on this random model, whose candidates all score about 128).
+    assert runs[1].stats["abandoned"] > 0 or divergence == "perplexity"
+    for full, dropped in zip(runs[0].step_scores, runs[1].step_bounds, strict=True):
+        assert all(bound <= full[unit] * (1 + 1e-6) for unit, (bound, _) in dropped.items())
+
+
+def test_scores_without_a_budget_are_all_exact():
+    """Would catch `inspect` without `--amount` (the scores are the output) printing lower bounds."""
+    model = tiny_model("llama", num_layers=4)
+    plan = _plan(model, None)
+    assert plan.search_cost["bound"] == "off" and "scores are the output" in plan.search_cost["bound_note"]
+    assert all(isinstance(s["score"], float) and "lower_bound" not in s for s in plan.scores)
+    bounded = _plan(model, Budget(2))
+    assert bounded.search_cost["bound"] == "on" and bounded.search_cost["abandoned"] > 0
+    assert any(s["score"] is None and s["lower_bound"] > 0 for s in bounded.scores)
+    assert "lower_bound" in bounded.score_meaning and "lower_bound" not in plan.score_meaning
 
 
 @torch.no_grad()
@@ -218,6 +348,10 @@ def test_bad_input_refused():
         spec.make_params({"divergence": "jsd"})
     with pytest.raises(RecipeError, match="has no parameter"):
         spec.make_params({"divergense": "kl"})
+    with pytest.raises(RecipeError, match="unknown FinerCut bound 'yes'; choose from: on, off"):
+        spec.make_params({"bound": "yes"})
+    with pytest.raises(RecipeError, match="bound_rows must be a whole number >= 1, got 0"):
+        spec.make_params({"bound_rows": 0})
     model = tiny_model("llama", num_layers=2)
     with pytest.raises(BudgetError, match="would remove all 4 sublayers"):
         _plan(model, Budget(4))
@@ -229,7 +363,8 @@ def test_bad_input_refused():
 
 @pytest.mark.slow
 def test_cached_search_equals_naive_on_smollm2(smollm2_dir):
-    """Would catch an order that differs only on real weights (near-ties, GQA, tied head).
+    """Would catch an order that differs only on real weights (near-ties, GQA, tied head), with
+    the bound on or off.
 
     The first 8 real blocks and 2 x 16 tokens keep this short; bench/finercut_search.py
     runs the whole model at larger sizes."""
@@ -244,13 +379,14 @@ def test_cached_search_equals_naive_on_smollm2(smollm2_dir):
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     batch = build_calibration(tokenizer, load_texts("offline:lee-background"), samples=2, seq_len=16, seed=0)
     orders = []
-    for engine in ("naive", "cached"):
-        params = FinerCutParams(engine=engine)
+    for engine, bound in (("naive", "off"), ("cached", "off"), ("cached", "on")):
+        params = FinerCutParams(engine=engine, bound=bound)
         result = finercut_search(
             model, adapter, batch, params, lambda removed: len(removed) >= 2, batch_size=2, progress=False
         )
         orders.append(result.order)
-    assert orders[0] == orders[1]
+    assert orders[0] == orders[1] == orders[2]
+    assert result.stats["abandoned"] > 0
 
 
 def test_search_cost_lands_in_the_manifest(tmp_path):
@@ -266,6 +402,7 @@ def test_search_cost_lands_in_the_manifest(tmp_path):
     prune(SourceOptions(spec=str(base)), "finercut", Budget(2), tmp_path / "out", calibration=calibration)
     cost = json.loads((tmp_path / "out" / "hubprune.json").read_text(encoding="utf-8"))["plan"]["search_cost"]
     assert cost["engine"] == "cached" and cost["wall_s"] > 0
+    assert cost["bound"] == "on" and cost["candidate_evaluations"] == 4 + 3 >= cost["abandoned"]
     assert cost["forward_flops"] > 0 and cost["full_forward_calls"] >= 1
     assert cost["block_evaluations"] >= 4, "two greedy steps over four candidates"
     assert len(cost["flops_per_row"]["attn"]) == 2 == len(cost["flops_per_row"]["mlp"])

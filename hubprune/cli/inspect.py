@@ -42,9 +42,12 @@ def format_table(plan: Plan) -> str:
         unit, score = entry["unit"], entry.get("score")
         position = entry["rank"] if ranked else entry.get("removed_at_step")
         gone = entry.get("removed", unit.name in removed)  # width methods mark their own
+        if score is None and entry.get("lower_bound") is not None:  # FinerCut stopped scoring it early
+            shown = ">= " + format(entry["lower_bound"], ".4g")
+        else:
+            shown = "-" if score is None else format(score, ".6g")
         lines.append(
-            f"{unit.name:<12} {'-' if score is None else format(score, '.6g'):>12} "
-            f"{'' if position is None else position:>5}  {'x' if gone else ''}"
+            f"{unit.name:<12} {shown:>12} {'' if position is None else position:>5}  {'x' if gone else ''}"
         )
     lines.append(f"score: {plan.score_meaning}")
     lines.extend(_width_lines(plan))

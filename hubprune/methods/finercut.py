@@ -33,13 +33,30 @@ facts, and picks exactly the same sublayers in the same order (tested):
    step's best candidates); a kept state stays valid until a removal at or before its block,
    and the next step resumes from the deepest one ≤ j*.
 
+On top of that, the greedy search abandons candidates early (`bound=on`, the default): every
+objective is a mean over calibration tokens of a per-token quantity that is never negative (KL
+and JS clamped at 0 against float rounding, angular distance, next-token NLL), so a candidate's
+running sum, divided by the final token count, bounds its final value from below. Calibration is
+scored in chunks of `bound_rows` sequences, those that added most to the last removal's score
+first (so running sums grow fast). Every candidate scores the first chunk; then the most
+promising (lowest so far, then last step's ranking) run chunk by chunk until complete or until
+their bound is strictly above the best complete value D*. Such a candidate cannot be the argmin,
+so the chosen sublayer, the tie-break and the order are those of the full search (tested against
+`bound=off` and the naive engine). Its score is recorded as a lower bound (`lower_bound`,
+`abandoned_after_tokens`). Kept states of an abandoned candidate cover only the chunks it ran; the
+next step resumes the others from its own block. The bound bites when the best candidate is far
+below the rest; after a few removals every candidate carries the divergence of those already
+made, the scores bunch up and most candidates must see most tokens. A perplexity never comes
+near 0, so its candidates go late or not at all. Not used by one-shot searches (they rank every
+score), the naive engine, or without a budget (`inspect`: the scores are the output).
+
 Usage: ``hubprune prune SOURCE --method finercut --amount 0.25 [--budget-by params]
 [--format plain|compact] [--method-arg divergence=js] [--method-arg protect_first_blocks=2
---method-arg protect_steps=4] [--method-arg search=one-shot]``. `--amount` counts sublayers (2L
-of them); with `--budget-by params` sublayers are removed until the parameter fraction is met.
-The official code's `-x r` protection corresponds to protect_first_blocks = int(L·r) + 1 and
-protect_steps = int(2L·r) + 1. The last attention sublayer is never removed (a model without
-attention has no KV cache to generate with).
+--method-arg protect_steps=4] [--method-arg search=one-shot] [--method-arg bound=off]``.
+`--amount` counts sublayers (2L of them); with `--budget-by params` sublayers are removed until
+the parameter fraction is met. The official code's `-x r` protection corresponds to
+protect_first_blocks = int(L·r) + 1 and protect_steps = int(2L·r) + 1. The last attention
+sublayer is never removed (a model without attention has no KV cache to generate with).
 
 The dense reference distributions are computed once (N·T·V floats in memory). Forward FLOPs are
 tallied per block, sublayer and `lm_head` from costs measured with torch's FlopCounterMode.
@@ -75,6 +92,7 @@ from hubprune.transforms import gated
 DIVERGENCES = ("js-official", "js", "kl", "angular", "perplexity")
 SEARCHES = ("greedy", "one-shot")
 ENGINES = ("cached", "naive")
+BOUNDS = ("on", "off")
 
 DIVERGENCE_MEANING = {
     "js-official": "0.5*[KL(m||p)+KL(m||q)], m=(p+q)/2 (the official FinerCut code's variant)",
@@ -110,12 +128,23 @@ class FinerCutParams:
     candidate_batch: int = field(
         default=4, metadata={"help": "cached engine: candidates run together in one batched forward"}
     )
+    bound: str = field(
+        default="on",
+        metadata={
+            "help": "greedy search, cached engine: stop scoring a candidate once its running sum exceeds "
+            "the best complete one (same result; off: every candidate scored on all tokens)"
+        },
+    )
+    bound_rows: int = field(
+        default=1, metadata={"help": "with the bound on: calibration sequences scored between two checks"}
+    )
 
     def __post_init__(self) -> None:
         for name, value, choices in (
             ("divergence", self.divergence, DIVERGENCES),
             ("search", self.search, SEARCHES),
             ("engine", self.engine, ENGINES),
+            ("bound", self.bound, BOUNDS),
         ):
             if value not in choices:
                 raise RecipeError(f"unknown FinerCut {name} '{value}'; choose from: {', '.join(choices)}")
@@ -129,8 +158,9 @@ class FinerCutParams:
             raise RecipeError(
                 f"protect_steps must be a whole number >= 0 or null, got {self.protect_steps!r}"
             )
-        if not isinstance(self.candidate_batch, int) or self.candidate_batch < 1:
-            raise RecipeError(f"candidate_batch must be a whole number >= 1, got {self.candidate_batch!r}")
+        for name, value in (("candidate_batch", self.candidate_batch), ("bound_rows", self.bound_rows)):
+            if not isinstance(value, int) or value < 1:
+                raise RecipeError(f"{name} must be a whole number >= 1, got {value!r}")
         if not isinstance(self.reuse_budget_mb, int) or self.reuse_budget_mb < 0:
             raise RecipeError(f"reuse_budget_mb must be a whole number >= 0, got {self.reuse_budget_mb!r}")
 
@@ -174,12 +204,16 @@ _TOKEN_DIVERGENCE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor
 
 
 class _Objective:
-    """Accumulates one candidate's objective over calibration chunks."""
+    """Accumulates one candidate's objective over calibration chunks.
+
+    Every per-token quantity is >= 0 (a divergence, or a next-token NLL), and each chunk adds a
+    sum of them, so `total` never decreases: part-way, it bounds the final value from below."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.total = 0.0
         self.count = 0
+        self.parts: dict[int, float] = {}  # chunk -> what it added to `total`
 
     @staticmethod
     def reference(name: str, logits: torch.Tensor) -> torch.Tensor | None:
@@ -190,24 +224,45 @@ class _Objective:
             return logits.float()
         return torch.log_softmax(logits.float(), dim=-1)
 
+    @staticmethod
+    def tokens(name: str, mask: torch.Tensor) -> int:
+        """How many tokens of a chunk with attention mask `mask` the objective averages over."""
+        return int(mask[:, 1:].sum()) if name == "perplexity" else int(mask.bool().sum())
+
     def add(
-        self, ref: torch.Tensor | None, logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor
+        self,
+        chunk: int,
+        ref: torch.Tensor | None,
+        logits: torch.Tensor,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
     ) -> None:
+        """Add calibration chunk `chunk` (its logits under the candidate, its ids and mask)."""
         if self.name == "perplexity":
-            nll, count = token_nll(logits, input_ids, mask)
-            self.total += nll
-            self.count += count
-            return
-        assert ref is not None
-        other = logits.float() if self.name == "angular" else torch.log_softmax(logits.float(), dim=-1)
-        values = _TOKEN_DIVERGENCE[self.name](ref, other)
-        keep = mask.bool()
-        self.total += float(values[keep].sum())
-        self.count += int(keep.sum())
+            part, count = token_nll(logits, input_ids, mask)  # -log q >= 0 per token, in floats too
+        else:
+            assert ref is not None
+            other = logits.float() if self.name == "angular" else torch.log_softmax(logits.float(), dim=-1)
+            # KL and JS are >= 0, but float32 rounding leaves about -1e-8 on a token whose two
+            # distributions agree: clamped, so that a running sum is a lower bound in floats too.
+            values = _TOKEN_DIVERGENCE[self.name](ref, other).clamp_min(0.0)
+            keep = mask.bool()
+            part, count = float(values[keep].sum()), int(keep.sum())
+        self.parts[chunk] = part
+        self.total += part
+        self.count += count
+
+    def _finish(self, mean: float) -> float:
+        return math.exp(mean) if self.name == "perplexity" else mean
 
     def value(self) -> float:
-        mean = self.total / max(self.count, 1)
-        return math.exp(mean) if self.name == "perplexity" else mean
+        """The objective over the tokens seen so far (all of them: the score; part-way: an estimate)."""
+        return self._finish(self.total / max(self.count, 1))
+
+    def bound(self, tokens: int) -> float:
+        """A lower bound of the final value over all `tokens`: the running sum, divided by the same
+        count as the final mean (both steps are monotone, so final >= bound in floats too)."""
+        return self._finish(self.total / max(tokens, 1))
 
 
 # -- the search -----------------------------------------------------------------------------------
@@ -221,6 +276,8 @@ class SearchResult:
     step_divergence: list[float]
     step_scores: list[dict[Unit, float]]
     stats: dict[str, Any]
+    # Per step, the candidates the bound dropped: (lower bound of the score, tokens scored).
+    step_bounds: list[dict[Unit, tuple[float, int]]] = field(default_factory=list)
 
 
 def _first_tensor(value: Any) -> torch.Tensor:
@@ -260,10 +317,16 @@ class _Engine:
         self.block_evals = 0
         self._capture_dense()
         self._measure_costs()
+        self.tokens = sum(_Objective.tokens(divergence, mask) for _, mask in self.chunks)
+        # Bounded search: the order chunks are scored in, and what each chunk added to the score
+        # of each candidate scored in full at this step (the chosen one's order the next chunks).
+        self.chunk_order = list(range(len(self.chunks)))
+        self.parts: dict[Unit, dict[int, float]] = {}
         self.removed: list[Unit] = []
         self.base: list[list[torch.Tensor]] = []
-        self.stash: dict[Unit, dict[int, list[torch.Tensor]]] = {}
-        self.stash_next: dict[Unit, dict[int, list[torch.Tensor]]] = {}
+        # Kept states of each candidate's model: unit -> block boundary -> chunk -> state.
+        self.stash: dict[Unit, dict[int, dict[int, torch.Tensor]]] = {}
+        self.stash_next: dict[Unit, dict[int, dict[int, torch.Tensor]]] = {}
         self.speculate: set[int] = set()
         itemsize = next(model.parameters()).element_size()
         state_bytes = sum(ids.numel() for ids, _ in self.chunks) * model.config.hidden_size * itemsize
@@ -337,13 +400,15 @@ class _Engine:
         head: bool = True,
         masked: bool = False,
         last: int | None = None,
+        gated: Unit | None = None,
     ) -> None:
         """Count blocks `start`..`last`-1 (default: to the end) and the head for `rows` rows;
         `masked`: removed sublayers ran (their outputs zeroed), so they count in `flops` but not
-        in `flops_if_skipping`."""
+        in `flops_if_skipping`; `gated`: a removed sublayer that ran all the same (its output
+        zeroed for these rows of a batch), counted in both."""
         for b in range(start, self.num_blocks if last is None else last):
             for kind, cost in (("attn", self.attn_cost[b]), ("mlp", self.mlp_cost[b])):
-                if Unit(kind, b) not in removed:
+                if Unit(kind, b) not in removed or Unit(kind, b) == gated:
                     self.flops += rows * cost
                     self.flops_if_skipping += rows * cost
                 elif masked:
@@ -353,18 +418,8 @@ class _Engine:
             self.flops += rows * self.head_cost
             self.flops_if_skipping += rows * self.head_cost
 
-    def _run_blocks(
-        self, chunk: int, start: int, h: torch.Tensor, wanted: set[int], stored: dict[int, torch.Tensor]
-    ) -> torch.Tensor:
-        """Blocks `start`..L-1 on chunk `chunk`; states entering the blocks in `wanted` go to `stored`."""
-        for b in range(start, self.num_blocks):
-            if b in wanted:
-                stored[b] = h
-            h = _first_tensor(self.blocks[b](h, **self.kwargs[chunk][b]))
-        return h
-
     @torch.no_grad()
-    def _refresh_base(self, start: int, known: dict[int, list[torch.Tensor]] | None = None) -> None:
+    def _refresh_base(self, start: int, known: dict[int, dict[int, torch.Tensor]] | None = None) -> None:
         """Hidden states entering every block of the current pruned model, recomputed from `start`
         (states before the block of the latest removal cannot have changed). `known`: states of
         the current model already computed (the chosen candidate's kept ones), by block, per chunk."""
@@ -377,7 +432,7 @@ class _Engine:
                 states = [self.h0[c]] if fresh else self.base[c][: begin + 1]
                 h = states[-1]
                 for b in range(begin + 1, self.num_blocks):  # the state after the last block is unused
-                    if b in known:
+                    if c in known.get(b, {}):
                         h = known[b][c]
                     else:
                         h = _first_tensor(self.blocks[b - 1](h, **self.kwargs[c][b - 1]))
@@ -389,96 +444,126 @@ class _Engine:
                     self.base[c] = states
 
     @torch.no_grad()
-    def evaluate(self, unit: Unit, last_choice: Unit | None) -> float:
-        """The objective of removing `unit` on top of the current removals."""
+    def evaluate_naive(self, unit: Unit) -> float:
+        """The official code's evaluation of removing `unit` on top of the current removals: a full
+        pass from the embeddings per chunk, removed sublayers computed and their outputs zeroed."""
         removal = set(self.removed) | {unit}
         objective = _Objective(self.divergence)
-        # The official code masks removed sublayers (computed, output zeroed); the cached engine
-        # skips them. h + 0 is h, so both give the same states.
-        hide = _outputs_zeroed if not self.cached else sublayers_skipped
-        with hide(self.model, self.adapter, [*self.removed, unit]):
+        with _outputs_zeroed(self.model, self.adapter, [*self.removed, unit]):
             for c, (ids, mask) in enumerate(self.chunks):
-                rows = ids.shape[0]
-                if not self.cached:
-                    logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-                    self.forward_calls += 1
-                    self._tally(rows, 0, removal, masked=True)
-                else:
-                    start, h = self._resume(unit, last_choice, c)
-                    wanted = {k for k in self.speculate if k > start}
-                    stored: dict[int, torch.Tensor] = {}
-                    h = self._run_blocks(c, start, h, wanted, stored)
-                    for k, state in stored.items():
-                        self.stash_next.setdefault(unit, {}).setdefault(k, []).append(state)
-                    logits = self._head(h)
-                    self._tally(rows, start, removal)
-                objective.add(self.reference[c], logits, ids, mask)
+                logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                self.forward_calls += 1
+                self._tally(ids.shape[0], 0, removal, masked=True)
+                objective.add(c, self.reference[c], logits, ids, mask)
         return objective.value()
 
     def evaluate_many(self, units: list[Unit], last_choice: Unit | None) -> dict[Unit, float]:
-        """The objective of each of `units`; the cached engine runs up to `candidate_batch` of them
-        that resume at the same block as one batch (rows stacked, each candidate's own sublayer
-        zeroed for its rows only), which gives the same values as one at a time."""
-        if not self.cached or self.candidate_batch <= 1:
-            return {u: self.evaluate(u, last_choice) for u in units}
-        starts = {u: self._resume_block(u, last_choice) for u in units}
-        by_start: dict[int, list[Unit]] = {}
-        for unit in units:
-            by_start.setdefault(starts[unit], []).append(unit)
+        """The objective of each of `units` on every calibration token."""
+        if not self.cached:
+            return {u: self.evaluate_naive(u) for u in units}
         objectives = {u: _Objective(self.divergence) for u in units}
-        with torch.no_grad(), sublayers_skipped(self.model, self.adapter, self.removed):
-            for start, group_all in sorted(by_start.items()):
-                for i in range(0, len(group_all), self.candidate_batch):
-                    self._run_group(start, group_all[i : i + self.candidate_batch], last_choice, objectives)
+        for c in range(len(self.chunks)):
+            self._advance(units, c, last_choice, objectives)
         return {u: objectives[u].value() for u in units}
 
-    def _run_group(
-        self, start: int, group: list[Unit], last_choice: Unit | None, objectives: dict[Unit, _Objective]
-    ) -> None:
-        """One batched pass per chunk for candidates that all resume at block `start`."""
-        hidden = {kind: [u.kind == kind and u.block == start for u in group] for kind in ("attn", "mlp")}
-        wanted = {k for k in self.speculate if k > start}
-        for c, (ids, mask) in enumerate(self.chunks):
-            rows = ids.shape[0]
-            states = [self._resume(u, last_choice, c)[1] for u in group]
-            h = torch.cat(states) if len(states) > 1 else states[0]
-            kwargs = [_expand_rows(kw, rows, len(group)) for kw in self.kwargs[c]]
-            gates = {
-                Unit(kind, start): torch.tensor(
-                    [0.0 if g else 1.0 for g in hidden[kind] for _ in range(rows)],
-                    dtype=h.dtype,
-                    device=h.device,
-                ).view(-1, 1, 1)
-                for kind in ("attn", "mlp")
-                if any(hidden[kind])
-            }
-            stored: dict[int, torch.Tensor] = {}
-            with gated(self.model, self.adapter, gates):
-                for b in range(start, self.num_blocks):
-                    if b in wanted:
-                        stored[b] = h
-                    h = _first_tensor(self.blocks[b](h, **kwargs[b]))
-            for i, unit in enumerate(group):
-                rows_i = slice(i * rows, (i + 1) * rows)
-                for k, state in stored.items():
-                    self.stash_next.setdefault(unit, {}).setdefault(k, []).append(state[rows_i])
-                logits = self._head(h[rows_i])
-                self._tally(rows, start, set(self.removed) | {unit})
-                objectives[unit].add(self.reference[c], logits, ids, mask)
+    def evaluate_bounded(
+        self, units: list[Unit], last_choice: Unit | None, ranking: list[Unit]
+    ) -> tuple[dict[Unit, float], dict[Unit, tuple[float, int]]]:
+        """Find the argmin of `units` with early abandoning: the exact objective of each candidate
+        it could not rule out, and (lower bound, tokens scored) of each one it dropped.
 
-    def _resume_block(self, unit: Unit, last_choice: Unit | None) -> int:
-        if last_choice is not None and unit.block < last_choice.block:
-            usable = [k for k in self.stash.get(unit, {}) if unit.block < k <= last_choice.block]
-            if usable:
-                return max(usable)
-        return unit.block
+        Chunks go in `chunk_order` (the sequences the last removal moved most first, so running
+        sums grow fast). Every candidate scores the first chunk (batched); then, most promising
+        first (lowest value so far, then `ranking`: last step's order), each runs chunk by chunk
+        until it is complete or its running bound is strictly above the best complete value D*:
+        it cannot be the minimum then, so the argmin and its tie-break are the full search's."""
+        objectives = {u: _Objective(self.divergence) for u in units}
+        self._advance(units, self.chunk_order[0], last_choice, objectives)
+        prior = {u: i for i, u in enumerate(ranking)}
+        order = sorted(units, key=lambda u: (objectives[u].value(), prior.get(u, len(prior)), _unit_key(u)))
+        best = math.inf
+        exact: dict[Unit, float] = {}
+        dropped: dict[Unit, tuple[float, int]] = {}
+        for unit in order:
+            objective = objectives[unit]
+            for chunk in self.chunk_order[1:]:
+                if objective.bound(self.tokens) > best:
+                    break
+                self._advance([unit], chunk, last_choice, objectives)
+            if len(objective.parts) < len(self.chunks):
+                dropped[unit] = (objective.bound(self.tokens), objective.count)
+            else:
+                exact[unit] = objective.value()
+                best = min(best, exact[unit])
+        self.parts = {u: objectives[u].parts for u in exact}
+        return exact, dropped
+
+    @torch.no_grad()
+    def _advance(
+        self, units: list[Unit], chunk: int, last_choice: Unit | None, objectives: dict[Unit, _Objective]
+    ) -> None:
+        """Score `units` on one chunk; up to `candidate_batch` of them that resume at the same block
+        run as one batch (rows stacked, each candidate's own sublayer zeroed for its rows only),
+        which gives the same values as one at a time."""
+        by_start: dict[int, list[tuple[Unit, torch.Tensor]]] = {}
+        for unit in units:
+            start, state = self._resume(unit, last_choice, chunk)
+            by_start.setdefault(start, []).append((unit, state))
+        with sublayers_skipped(self.model, self.adapter, self.removed):
+            for start, members in sorted(by_start.items()):
+                for i in range(0, len(members), self.candidate_batch):
+                    self._run_group(start, members[i : i + self.candidate_batch], chunk, objectives)
+
+    def _run_group(
+        self,
+        start: int,
+        members: list[tuple[Unit, torch.Tensor]],
+        chunk: int,
+        objectives: dict[Unit, _Objective],
+    ) -> None:
+        """One batched pass on chunk `chunk` for candidates that all resume at block `start` (each
+        with its state entering that block). A candidate of block `start` has its own sublayer
+        skipped when it is alone in the batch, else zeroed for its rows (it still runs: counted)."""
+        ids, mask = self.chunks[chunk]
+        rows = ids.shape[0]
+        group = [u for u, _ in members]
+        h = torch.cat([state for _, state in members]) if len(members) > 1 else members[0][1]
+        kwargs = [_expand_rows(kw, rows, len(group)) for kw in self.kwargs[chunk]]
+        own = {kind: [u.kind == kind and u.block == start for u in group] for kind in ("attn", "mlp")}
+        skipped = [Unit(kind, start) for kind, flags in own.items() if all(flags)]
+        gates = {
+            Unit(kind, start): torch.tensor(
+                [0.0 if g else 1.0 for g in flags for _ in range(rows)], dtype=h.dtype, device=h.device
+            ).view(-1, 1, 1)
+            for kind, flags in own.items()
+            if any(flags) and not all(flags)
+        }
+        wanted = {k for k in self.speculate if k > start}
+        stored: dict[int, torch.Tensor] = {}
+        with sublayers_skipped(self.model, self.adapter, skipped), gated(self.model, self.adapter, gates):
+            for b in range(start, self.num_blocks):
+                if b in wanted:
+                    stored[b] = h
+                h = _first_tensor(self.blocks[b](h, **kwargs[b]))
+        for i, unit in enumerate(group):
+            rows_i = slice(i * rows, (i + 1) * rows)
+            for k, state in stored.items():
+                self.stash_next.setdefault(unit, {}).setdefault(k, {})[chunk] = state[rows_i]
+            logits = self._head(h[rows_i])
+            self._tally(rows, start, set(self.removed) | {unit}, gated=unit if unit in gates else None)
+            objectives[unit].add(chunk, self.reference[chunk], logits, ids, mask)
 
     def _resume(self, unit: Unit, last_choice: Unit | None, chunk: int) -> tuple[int, torch.Tensor]:
-        """Where `unit`'s evaluation can start: its own block, or a deeper stashed state."""
-        start = self._resume_block(unit, last_choice)
-        if start == unit.block:
-            return start, self.base[chunk][start]
-        return start, self.stash[unit][start][chunk]
+        """Where `unit`'s evaluation on `chunk` can start: its own block (from the current model's
+        state), or the deepest boundary where a state of its own model is still valid."""
+        if last_choice is not None and unit.block < last_choice.block:
+            kept = self.stash.get(unit, {})
+            usable = [
+                k for k, states in kept.items() if unit.block < k <= last_choice.block and chunk in states
+            ]
+            if usable:
+                return max(usable), kept[max(usable)][chunk]
+        return unit.block, self.base[chunk][unit.block]
 
     def begin_step(self, ranking: list[Unit], num_candidates: int) -> None:
         """Choose the boundaries to stash this step (the blocks of last step's best candidates).
@@ -512,12 +597,18 @@ class _Engine:
 
     def commit(self, unit: Unit) -> None:
         """Record the removal of `unit`, refresh the base states from its block on (from its own
-        kept states where there are some) and drop kept states that the removal makes stale."""
+        kept states where there are some), drop kept states that the removal makes stale, and
+        order the next step's chunks by how much each added to `unit`'s score (bounded search)."""
         self.removed.append(unit)
-        kept = {
-            u: {**self.stash.get(u, {}), **self.stash_next.get(u, {})}
-            for u in {*self.stash, *self.stash_next}
-        }
+        if unit in self.parts:  # its most moved sequences will likely move the next candidates most
+            parts = self.parts[unit]
+            self.chunk_order = sorted(parts, key=lambda c: (-parts[c], c))
+        self.parts = {}
+        kept: dict[Unit, dict[int, dict[int, torch.Tensor]]] = {}
+        for source in (self.stash, self.stash_next):  # this step's states replace older ones
+            for u, states in source.items():
+                for k, per_chunk in states.items():
+                    kept.setdefault(u, {}).setdefault(k, {}).update(per_chunk)
         chosen = kept.pop(unit, {})
         # A state entering block k does not depend on a removal in block j* >= k.
         self.stash = {u: {k: v for k, v in states.items() if k <= unit.block} for u, states in kept.items()}
@@ -567,6 +658,19 @@ def _candidates(all_units: list[Unit], removed: list[Unit], step: int, params: F
     return out
 
 
+def _bound_off_reason(params: FinerCutParams, every_score: bool) -> str | None:
+    """Why early abandoning does not apply to this search, or None when it does."""
+    if params.bound == "off":
+        return "off as asked (bound=off): every candidate scored on every token"
+    if params.search == "one-shot":
+        return "not used by a one-shot search, which ranks every candidate by its full score"
+    if params.engine == "naive":
+        return "not used by the naive engine, which runs the official code's algorithm as it is"
+    if every_score:
+        return "not used: the scores are the output here, so every candidate is scored on every token"
+    return None
+
+
 def finercut_search(
     model: nn.Module,
     adapter: ArchAdapter,
@@ -576,18 +680,21 @@ def finercut_search(
     *,
     batch_size: int = 8,
     progress: bool = True,
+    every_score: bool = False,
 ) -> SearchResult:
     """Remove sublayers (greedy or one-shot) until `done(removed)` holds.
 
     Returns the removal order, the objective of each chosen removal, every candidate's score at
-    every step, and the engine's cost (wall time, forward FLOPs, forward calls).
+    every step (lower bounds apart, for those the bound dropped), and the engine's cost (wall
+    time, forward FLOPs, forward calls). `every_score`: no early abandoning, whatever `params`.
     """
     start_time = time.perf_counter()
+    off_reason = _bound_off_reason(params, every_score)
     engine = _Engine(
         model,
         adapter,
         calibration,
-        batch_size,
+        batch_size if off_reason else params.bound_rows,
         params.divergence,
         params.engine == "cached",
         params.reuse_budget_mb,
@@ -598,6 +705,7 @@ def finercut_search(
     order: list[Unit] = []
     step_div: list[float] = []
     step_scores: list[dict[Unit, float]] = []
+    step_bounds: list[dict[Unit, tuple[float, int]]] = []
     ranking: list[Unit] = []
     bar = tqdm(desc="FinerCut", unit="removal", disable=not progress, leave=False)
     try:
@@ -606,6 +714,7 @@ def finercut_search(
             engine.begin_step([], 0)
             scores = engine.evaluate_many(candidates, None)
             step_scores.append(scores)
+            step_bounds.append({})
             ranked = sorted(scores, key=lambda u: (scores[u], _unit_key(u)))
             for unit in ranked:
                 if done(order):
@@ -626,14 +735,17 @@ def finercut_search(
                     )
                 engine.begin_step(ranking, len(candidates))
                 last = order[-1] if order else None
-                scores = engine.evaluate_many(candidates, last)
-                best = min(candidates, key=lambda u: (scores[u], _unit_key(u)))
-                ranking = sorted(
-                    (u for u in candidates if u != best), key=lambda u: (scores[u], _unit_key(u))
-                )
+                if off_reason:
+                    scores, bounds = engine.evaluate_many(candidates, last), {}
+                else:
+                    scores, bounds = engine.evaluate_bounded(candidates, last, ranking)
+                best = min(scores, key=lambda u: (scores[u], _unit_key(u)))
+                known = {**{u: b for u, (b, _) in bounds.items()}, **scores}
+                ranking = sorted((u for u in candidates if u != best), key=lambda u: (known[u], _unit_key(u)))
                 order.append(best)
                 step_div.append(scores[best])
                 step_scores.append(scores)
+                step_bounds.append(bounds)
                 engine.commit(best)
                 bar.update()
     finally:
@@ -650,8 +762,15 @@ def finercut_search(
             "mlp": engine.mlp_cost,
             "head": engine.head_cost,
         },
+        "bound": "off" if off_reason else "on",
+        "bound_note": off_reason
+        or f"a candidate stops being scored once its running sum over chunks of {params.bound_rows} "
+        "calibration sequence(s) exceeds the best complete score: it cannot be the minimum",
+        "calibration_tokens": engine.tokens,
+        "candidate_evaluations": sum(len(s) + len(b) for s, b in zip(step_scores, step_bounds, strict=True)),
+        "abandoned": sum(len(b) for b in step_bounds),
     }
-    return SearchResult(order, step_div, step_scores, stats)
+    return SearchResult(order, step_div, step_scores, stats, step_bounds)
 
 
 # -- the plan ---------------------------------------------------------------------------------------
@@ -692,16 +811,24 @@ def plan_finercut(ctx: MethodContext, params: FinerCutParams) -> Plan:
         shapes = [Shape.from_units([u], dims) for u in units]
         costs, dense = removal_savings(model, adapter, shapes, ctx.budget.by)
         done = _stop_rule(ctx.budget, dict(zip(units, costs, strict=True)), dense, len(sub_params))
-    result = finercut_search(model, adapter, ctx.calibration, params, done, batch_size=ctx.batch_size)
+    result = finercut_search(
+        model,
+        adapter,
+        ctx.calibration,
+        params,
+        done,
+        batch_size=ctx.batch_size,
+        every_score=ctx.budget is None,
+    )
     chosen = result.order if ctx.budget is not None else []
     removed_params = sum(sub_params[u] for u in chosen)
     attn_removed = sum(1 for u in chosen if u.kind == "attn")
-    first = result.step_scores[0]
+    first, first_bounds = result.step_scores[0], result.step_bounds[0]
     step_of = {u: i for i, u in enumerate(chosen)}
     scores = [
         {
             "unit": u,
-            "score": first.get(u),
+            **_score_record(u, first, first_bounds),
             "params": sub_params[u],
             "removed_at_step": step_of.get(u),
         }
@@ -712,6 +839,7 @@ def plan_finercut(ctx: MethodContext, params: FinerCutParams) -> Plan:
     for step, unit in enumerate(chosen):
         cumulative += sub_params[unit]
         step_scores = result.step_scores[step] if params.search == "greedy" else {}
+        step_bounds = result.step_bounds[step] if params.search == "greedy" else {}
         trace.append(
             {
                 "step": step,
@@ -721,8 +849,8 @@ def plan_finercut(ctx: MethodContext, params: FinerCutParams) -> Plan:
                 "params_removed": cumulative,
                 "params_fraction": cumulative / total,
                 "candidates": [
-                    {"unit": u.name, "score": s}
-                    for u, s in sorted(step_scores.items(), key=lambda x: _unit_key(x[0]))
+                    {"unit": u.name, **_score_record(u, step_scores, step_bounds)}
+                    for u in sorted([*step_scores, *step_bounds], key=_unit_key)
                 ],
             }
         )
@@ -753,6 +881,13 @@ def plan_finercut(ctx: MethodContext, params: FinerCutParams) -> Plan:
             "between the dense (p) and pruned (q) next-token distributions; `score` is the one-shot score "
             "against the dense model, the trace holds every candidate's score at every greedy step; "
             "lowest is removed first"
+            + (
+                "; a null `score` with a `lower_bound` is a candidate the search stopped scoring early, "
+                "after `abandoned_after_tokens` tokens, once its running sum showed it could not be the "
+                "lowest: its score is at least `lower_bound`"
+                if result.stats["bound"] == "on"
+                else ""
+            )
         ),
         params=method_params,
         budget=budget,
@@ -761,6 +896,17 @@ def plan_finercut(ctx: MethodContext, params: FinerCutParams) -> Plan:
         seed=ctx.seed,
         search_cost=result.stats,
     )
+
+
+def _score_record(
+    unit: Unit, scores: dict[Unit, float], bounds: dict[Unit, tuple[float, int]]
+) -> dict[str, Any]:
+    """A candidate's `score`, or for one the bound dropped, a null score, the lower bound and the
+    tokens it was scored on."""
+    if unit in bounds:
+        bound, tokens = bounds[unit]
+        return {"score": None, "lower_bound": bound, "abandoned_after_tokens": tokens}
+    return {"score": scores.get(unit)}
 
 
 def iter_trace(plan: Plan) -> Iterator[tuple[int, str, float]]:
