@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -180,6 +181,18 @@ def search_mode(args: argparse.Namespace) -> dict:
             "share an ideal bound would score (best value known first, token by token, every "
             f"candidate's divergence spread evenly): {out['ceiling_share']:.3f}"
         )
+        ideal = ideal_bound_flops(results["full"], args.samples // args.bound_rows)
+        out["flops_ratio_official_over_ideal_bound"] = official / ideal
+        out["flops_ratio_official_over_head_only"] = official / head_only_flops(results["full"])
+        print(
+            "forward-FLOPs ratio official / an ideal bound on this engine (the best candidate known "
+            "first, every other one scored on whole sequences until its running sum passes the best, "
+            f"its divergence spread evenly over them): {out['flops_ratio_official_over_ideal_bound']:.2f}"
+        )
+        print(
+            "forward-FLOPs ratio official / every candidate paying only the output layer on every "
+            f"token: {out['flops_ratio_official_over_head_only']:.2f}"
+        )
     per_row = first.stats["flops_per_row"]
     dense_row = sum(per_row["attn"]) + sum(per_row["mlp"]) + per_row["head"]
     out["head_share_of_dense_forward"] = per_row["head"] / dense_row
@@ -206,6 +219,48 @@ def ceiling_share(full: object) -> float:
         for value in scores.values()
     ]
     return sum(pairs) / len(pairs)
+
+
+def _resume_cost(per_row: dict, unit: Unit, removed: list[Unit]) -> float:
+    """Forward FLOPs per sequence of scoring `unit` on top of `removed` in the cached engine: from
+    its own block, or from the block of the last removal when it lies before it (the states its
+    own model had there are kept from the step before), to the output layer."""
+    last = removed[-1].block if removed else 0
+    start = max(unit.block, last) if unit.block < last else unit.block
+    gone = {*removed, unit}
+    cost = per_row["head"]
+    for b in range(start, len(per_row["attn"])):
+        cost += sum(per_row[kind][b] for kind in ("attn", "mlp") if Unit(kind, b) not in gone)
+    return cost
+
+
+def ideal_bound_flops(full: object, chunks: int) -> float:
+    """From a full search's exact scores, the forward FLOPs of an ideal early-abandoning search on
+    the same engine: at every step the best candidate is scored first and in full; every other
+    one, its divergence spread evenly over the `chunks` calibration chunks, gets chunks until its
+    running sum passes the best full score (at least one)."""
+    per_row = full.stats["flops_per_row"]
+    rows = full.stats["calibration_rows"]
+    total = 0.0
+    for step, scores in enumerate(full.step_scores):
+        removed = full.order[:step]
+        best = min(scores.values())
+        for unit, value in scores.items():
+            if unit == full.order[step] or value <= 0:
+                share = 1.0
+            else:
+                share = min(chunks, math.floor(chunks * best / value) + 1) / chunks
+            total += share * rows * _resume_cost(per_row, unit, removed)
+    return total
+
+
+def head_only_flops(full: object) -> float:
+    """The forward FLOPs if every candidate of every step cost only the output layer on every
+    calibration token: what scoring every candidate on every token costs even with every block
+    for free."""
+    per_row = full.stats["flops_per_row"]
+    rows = full.stats["calibration_rows"]
+    return sum(rows * per_row["head"] for scores in full.step_scores for _ in scores)
 
 
 def quality_mode(args: argparse.Namespace) -> dict:

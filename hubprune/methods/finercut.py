@@ -767,6 +767,7 @@ def finercut_search(
         or f"a candidate stops being scored once its running sum over chunks of {params.bound_rows} "
         "calibration sequence(s) exceeds the best complete score: it cannot be the minimum",
         "calibration_tokens": engine.tokens,
+        "calibration_rows": sum(ids.shape[0] for ids, _ in engine.chunks),
         "candidate_evaluations": sum(len(s) + len(b) for s, b in zip(step_scores, step_bounds, strict=True)),
         "abandoned": sum(len(b) for b in step_bounds),
     }
