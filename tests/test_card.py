@@ -363,7 +363,7 @@ def test_layer_map_shows_attention_and_mlp_separately():
 def test_card_shows_abandoned_candidates_as_lower_bounds(tmp_path):
     """Catches a candidate that FinerCut's bound stopped early shown as if scored (or as "–"): the
     tables say "≥ bound", the cost line counts them, the trace plot's closest other candidate is an
-    open circle where it is a bound, and `inspect` prints ">= bound"."""
+    open circle where it is a bound, and `inspect` prints ">=bound"."""
     from hubprune.cli.inspect import format_table
     from hubprune.layer_map import runner_up_points, trace_svg
 
@@ -391,7 +391,7 @@ def test_card_shows_abandoned_candidates_as_lower_bounds(tmp_path):
     svg = trace_svg(plan, value_name="divergence")
     assert svg.count('fill="#ffffff" stroke=') == 1 and "closest other, mlp 5 (&gt;= 0.02)" in svg
     table = format_table(plan)
-    assert ">= 0.0123" in table and ">= 0.5" in table
+    assert ">=0.0123" in table and ">=0.5" in table
 
 
 def test_eval_rows_from_manifest_summary():

@@ -43,7 +43,7 @@ def format_table(plan: Plan) -> str:
         position = entry["rank"] if ranked else entry.get("removed_at_step")
         gone = entry.get("removed", unit.name in removed)  # width methods mark their own
         if score is None and entry.get("lower_bound") is not None:  # FinerCut stopped scoring it early
-            shown = ">= " + format(entry["lower_bound"], ".4g")
+            shown = ">=" + format(entry["lower_bound"], ".4g")  # one word: the table splits on spaces
         else:
             shown = "-" if score is None else format(score, ".6g")
         lines.append(
