@@ -261,11 +261,20 @@ def write_hetero(
     time and `_model` is a meta-device model.
     """
     config = hetero_config(native_config, layers, residual)
+    save = None
     if lazy_shapes is None:
-        build, save = (lambda f: _build_hetero(f, dict(state_dict), dtype)), None
+
+        def build(f: Path) -> nn.Module:
+            return _build_hetero(f, dict(state_dict), dtype)
+
     else:
-        build = lambda f: _hetero_skeleton(f, lazy_shapes, dtype)  # noqa: E731
-        save = lambda m, f: _save_lazily(m, f, state_dict, max_shard_size)  # noqa: E731
+
+        def build(f: Path) -> nn.Module:
+            return _hetero_skeleton(f, lazy_shapes, dtype)
+
+        def save(m: nn.Module, f: Path) -> list[str]:
+            return _save_lazily(m, f, state_dict, max_shard_size)
+
     model, licenses = write_with_remote_code(
         folder,
         config,

@@ -5,8 +5,8 @@ sublayers) decides which tensors exist and what they are called, never what a ke
 holds. So the export copies tensors from the source safetensors into new shards, one
 tensor at a time (:mod:`hubprune.tensor_writer`): kept block tensors renamed to their new indices,
 a removed sublayer's output projection written as zeros. Peak memory is about one tensor:
-`safe_open` hands out tensors backed by the memory-mapped file, whose pages become resident only
-while the tensor is written.
+each is copied out of the memory-mapped file (:class:`hubprune.streaming.TensorFiles`), written
+and dropped.
 
 Byte-identical to the in-memory path (:func:`hubprune.surgery.apply_plan` with
 ``sublayers="zero"``, then ``save_pretrained``), because everything but the tensor bytes comes
@@ -162,23 +162,17 @@ def check_sources(tensors: TensorPlan, folder: Path, weights: Mapping[str, str])
 
 
 def write_weights(
-    tensors: TensorPlan,
-    source_dir: Path,
-    weights: Mapping[str, str],
-    folder: Path,
-    max_shard_size: str | int,
+    tensors: TensorPlan, source_dir: Path, folder: Path, max_shard_size: str | int
 ) -> list[str]:
     """Write the output shards (and the index when there are several) into `folder`, reading
-    each tensor from the source files of `weights` when its turn comes; returns the files written."""
-    from safetensors import safe_open
+    each tensor from the source safetensors when its turn comes; returns the files written."""
+    files = streaming.TensorFiles(source_dir)
 
     def read(name: str) -> torch.Tensor:
         meta, source = tensors.meta[name], tensors.sources[name]
         if source is None:
             return torch.zeros(meta.shape, dtype=meta.dtype)
-        with safe_open(str(source_dir / weights[source]), framework="pt") as handle:
-            tensor = handle.get_tensor(source)  # backed by the mapped file: no copy yet
-        return tensor if tensor.dtype == meta.dtype else tensor.to(meta.dtype)
+        return files.read([source], meta.dtype)[source]
 
     return write_sharded(
         tensors.meta, read, folder, max_shard_size=max_shard_size, total_parameters=tensors.total_parameters
@@ -214,4 +208,4 @@ def export_streamed(
     check_sources(tensors, source_dir, weights)
     check_consistent(model)
     write_config(model, folder)
-    return write_weights(tensors, source_dir, weights, folder, max_shard_size)
+    return write_weights(tensors, source_dir, folder, max_shard_size)
