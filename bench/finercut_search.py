@@ -34,6 +34,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -91,7 +92,13 @@ def search_mode(args: argparse.Namespace) -> dict:
         )
         torch.manual_seed(0)
         res = finercut_search(
-            model, adapter, batch, params, lambda removed: len(removed) >= count, batch_size=args.batch_size
+            model,
+            adapter,
+            batch,
+            params,
+            lambda removed: len(removed) >= count,
+            batch_size=args.batch_size,
+            keep_token_values=name == "full",  # for the ceilings below
         )
         results[name] = res
         print(
@@ -193,6 +200,26 @@ def search_mode(args: argparse.Namespace) -> dict:
             "forward-FLOPs ratio official / every candidate paying only the output layer on every "
             f"token: {out['flops_ratio_official_over_head_only']:.2f}"
         )
+        full = results["full"]
+        ceilings = {
+            "own_sequence_order": (
+                oracle_order_flops(full, args.samples),
+                "every candidate's sequences in the order of its own (foreknown) per-sequence "
+                "divergences, largest first",
+            ),
+            "causal_prefixes": (
+                causal_prefix_ceiling_flops(full, args.samples),
+                "any prefixes of any sequences, chosen with every per-token divergence foreknown, "
+                "fractional (a relaxation: nothing that scores running sums can do better)",
+            ),
+            "output_layer_free_for_losers": (
+                head_free_flops(full, args.samples // args.bound_rows),
+                "as the ideal bound, but a candidate that loses never pays the output layer",
+            ),
+        }
+        for key, (flops, what) in ceilings.items():
+            out[f"flops_ratio_official_over_oracle_{key}"] = official / flops
+            print(f"forward-FLOPs ratio official / an oracle bound, {what}: {official / flops:.2f}")
     per_row = first.stats["flops_per_row"]
     dense_row = sum(per_row["attn"]) + sum(per_row["mlp"]) + per_row["head"]
     out["head_share_of_dense_forward"] = per_row["head"] / dense_row
@@ -251,6 +278,89 @@ def ideal_bound_flops(full: object, chunks: int) -> float:
             else:
                 share = min(chunks, math.floor(chunks * best / value) + 1) / chunks
             total += share * rows * _resume_cost(per_row, unit, removed)
+    return total
+
+
+def _candidate_values(full: object, rows: int) -> Iterator[tuple[torch.Tensor, float, bool, float]]:
+    """For every candidate of every step of a full search: its per-token divergences (one row per
+    calibration sequence), the step's best total D*, whether it is the step's winner, and its
+    forward FLOPs per sequence on this engine."""
+    per_row = full.stats["flops_per_row"]
+    for step, values in enumerate(full.step_token_values):
+        winner = full.order[step]
+        best = float(values[winner].sum())
+        for unit, v in values.items():
+            yield v.view(rows, -1), best, unit == winner, _resume_cost(per_row, unit, full.order[:step])
+
+
+def oracle_order_flops(full: object, rows: int) -> float:
+    """Forward FLOPs of a bounded search that knew the best score D* and scored every other
+    candidate's sequences in the order of its own per-sequence divergences (largest first), one
+    sequence at a time, until its running sum passes D*: the most any sequence order could save."""
+    total = 0.0
+    for v, best, won, cost in _candidate_values(full, rows):
+        count = rows
+        if not won:
+            running = torch.cumsum(v.sum(1).sort(descending=True).values, 0)
+            past = torch.nonzero(running > best)
+            count = int(past[0]) + 1 if len(past) else rows
+        total += count * cost
+    return total
+
+
+def _concave_steps(values: torch.Tensor) -> list[tuple[int, float]]:
+    """(tokens, divergence) of the segments of the upper concave hull of a sequence's cumulative
+    per-token divergence: the best divergence any prefix of each length can reach, linearised."""
+    points = [(0, 0.0)] + [(i + 1, float(c)) for i, c in enumerate(torch.cumsum(values, 0))]
+    hull: list[tuple[int, float]] = []
+    for x, y in points:
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (y2 - y1) * (x - x1) <= (y - y1) * (x2 - x1):
+                hull.pop()
+            else:
+                break
+        hull.append((x, y))
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(hull, hull[1:], strict=False)]
+
+
+def causal_prefix_ceiling_flops(full: object, rows: int) -> float:
+    """A lower bound on the forward FLOPs of any exact running-sum bound: knowing D* and every
+    per-token divergence, each losing candidate scores the cheapest set of sequence prefixes (a
+    model is causal: a token costs its whole prefix) whose divergences sum past D*, taken
+    fractionally (the linear relaxation of that choice, which can only cost less)."""
+    total = 0.0
+    for v, best, won, cost in _candidate_values(full, rows):
+        if won:
+            total += rows * cost
+            continue
+        steps = sorted((s for row in v for s in _concave_steps(row)), key=lambda s: -s[1] / s[0])
+        need, tokens = best, 0.0
+        for length, gain in steps:
+            if gain >= need:
+                tokens += length * need / gain
+                break
+            need -= gain
+            tokens += length
+        total += tokens * cost / v.shape[1]
+    return total
+
+
+def head_free_flops(full: object, chunks: int) -> float:
+    """`ideal_bound_flops`, with the output layer paid by the winner only: what a bound that
+    could rule candidates out without their logits would cost at most."""
+    per_row = full.stats["flops_per_row"]
+    rows = full.stats["calibration_rows"]
+    total = 0.0
+    for step, scores in enumerate(full.step_scores):
+        best = min(scores.values())
+        for unit, value in scores.items():
+            cost = _resume_cost(per_row, unit, full.order[:step])
+            if unit == full.order[step] or value <= 0:
+                total += rows * cost
+            else:
+                share = min(chunks, math.floor(chunks * best / value) + 1) / chunks
+                total += share * rows * (cost - per_row["head"])
     return total
 
 

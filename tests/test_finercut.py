@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -65,18 +66,19 @@ def test_divergences_match_hand_computation():
 
 
 @pytest.mark.parametrize(
-    "family, reuse_mb",
-    [(family, 1024) for family in FAMILIES] + [("llama", 0), ("qwen2", 1)],
+    "family, reuse_mb, samples",
+    [(family, 1024, 4) for family in FAMILIES] + [("llama", 0, 4), ("qwen2", 1, 16)],
 )
-def test_cached_search_equals_naive(family, reuse_mb):
+def test_cached_search_equals_naive(family, reuse_mb, samples):
     """Would catch a cached engine that resumes from a stale state (wrong order or scores), or a
     bound that drops a candidate which could still be the minimum, or reports a bound above its
     score.
 
-    1024 MB keeps every boundary of these tiny models; 1 MB only a few speculated ones; 0 none."""
+    1024 MB keeps every boundary of these tiny models; 1 MB with 16 sequences only a few
+    speculated ones (every boundary would take 1.9 MB); 0 none."""
     model = tiny_model(family, num_layers=6)
     adapter = adapter_for(model)
-    batch = _calibration()
+    batch = _calibration(samples=samples)
     results = {}
     for name, engine, bound in (
         ("naive", "naive", "on"),
@@ -116,6 +118,7 @@ def _scripted_engine(per_chunk: dict, tokens_per_chunk: int = 10) -> _Engine:
     engine.tokens = chunks * tokens_per_chunk
     engine.cached = True
     engine.divergence = "kl"
+    engine.keep_token_values = False
     engine.chunk_order = list(range(chunks))
     ran: list[tuple[str, int]] = []
 
@@ -175,7 +178,7 @@ def test_bounded_step_orders_the_next_chunks_by_the_chosen_candidate():
         model, adapter_for(model), _calibration(), 1, "js-official", cached=True, reuse_budget_mb=64
     )
     units = [Unit(kind, b) for b in range(4) for kind in ("attn", "mlp")]
-    engine.begin_step([], len(units))
+    engine.begin_step([], units)
     exact, _ = engine.evaluate_bounded(units, None, [])
     chosen = min(exact, key=lambda u: (exact[u], u.block, u.kind))
     parts = engine.parts[chosen]
@@ -184,6 +187,33 @@ def test_bounded_step_orders_the_next_chunks_by_the_chosen_candidate():
     )
     engine.commit(chosen)
     assert engine.chunk_order == sorted(parts, key=lambda c: -parts[c]) != [0, 1, 2, 3]
+
+
+def test_stash_boundaries_fit_the_budget():
+    """Would catch boundaries chosen past the memory budget, counted for candidates that never keep
+    a state there (those at or after the boundary), or not in the order of last step's ranking."""
+    engine = object.__new__(_Engine)
+    engine.cached, engine.num_blocks, engine.state_bytes = True, 6, 1
+    candidates = [Unit(kind, b) for b in range(6) for kind in ("attn", "mlp")]
+    engine.reuse_budget = 2 * (1 + 2 + 3 + 4 + 5)  # every boundary k: the 2k candidates before it
+    assert engine._boundaries([], candidates) == {1, 2, 3, 4, 5}
+    engine.reuse_budget -= 1
+    ranking = [
+        Unit("attn", 4),
+        Unit("mlp", 4),
+        Unit("attn", 0),
+        Unit("mlp", 5),
+        Unit("attn", 2),
+        Unit("attn", 1),
+    ]
+    assert engine._boundaries(ranking, candidates) == {4, 5, 2, 1}  # 8 + 10 + 4 + 2 states
+    engine.reuse_budget = 12
+    assert engine._boundaries(ranking, candidates) == {4, 2}  # 5 would need 10 more: skipped
+    engine.reuse_budget = 9
+    assert engine._boundaries(ranking, candidates) == {4}
+    assert engine._boundaries([], candidates) == {3}  # the densest even grid that fits: 6 states
+    engine.reuse_budget = 1
+    assert engine._boundaries(ranking, candidates) == set()
 
 
 def test_cached_engine_runs_only_what_a_removal_changed():
@@ -406,3 +436,39 @@ def test_search_cost_lands_in_the_manifest(tmp_path):
     assert cost["forward_flops"] > 0 and cost["full_forward_calls"] >= 1
     assert cost["block_evaluations"] >= 4, "two greedy steps over four candidates"
     assert len(cost["flops_per_row"]["attn"]) == 2 == len(cost["flops_per_row"]["mlp"])
+
+
+@pytest.mark.parametrize("engine", ["naive", "cached"])
+def test_kept_token_values_average_to_the_scores(engine):
+    """Would catch per-token values kept out of calibration order, for the wrong candidate, or
+    from another step: the bench's ceilings on what a bound could save are computed from them."""
+    model = tiny_model("llama", num_layers=4)
+    batch = _calibration(samples=4, seq_len=16)
+
+    def search(calibration, steps: int, batch_size: int):
+        params = FinerCutParams(engine=engine, divergence="kl")
+        return finercut_search(
+            model,
+            adapter_for(model),
+            calibration,
+            params,
+            lambda removed: len(removed) >= steps,
+            batch_size=batch_size,
+            progress=False,
+            keep_token_values=True,
+        )
+
+    res = search(batch, 3, batch_size=3)  # chunks of unequal size
+    assert res.stats["bound"] == "off"
+    assert len(res.step_token_values) == len(res.step_scores) == 3
+    for scores, values in zip(res.step_scores, res.step_token_values, strict=True):
+        assert values.keys() == scores.keys()
+        for unit, v in values.items():
+            assert v.shape == (4 * 16,) and bool((v >= 0).all())
+            assert float(v.mean()) == pytest.approx(scores[unit], rel=1e-6)
+    # Each sequence's values are its own: rescoring sequence 2 alone gives its slice.
+    alone = dataclasses.replace(
+        batch, input_ids=batch.input_ids[2:3], attention_mask=batch.attention_mask[2:3]
+    )
+    for unit, v in search(alone, 1, batch_size=1).step_token_values[0].items():
+        assert torch.allclose(v, res.step_token_values[0][unit][32:48], rtol=1e-5, atol=1e-9)

@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -209,11 +209,13 @@ class _Objective:
     Every per-token quantity is >= 0 (a divergence, or a next-token NLL), and each chunk adds a
     sum of them, so `total` never decreases: part-way, it bounds the final value from below."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, keep_tokens: bool = False) -> None:
         self.name = name
         self.total = 0.0
         self.count = 0
         self.parts: dict[int, float] = {}  # chunk -> what it added to `total`
+        # chunk -> the per-token values it added (only when asked: for analyses of the bound)
+        self.token_values: dict[int, torch.Tensor] | None = {} if keep_tokens else None
 
     @staticmethod
     def reference(name: str, logits: torch.Tensor) -> torch.Tensor | None:
@@ -240,6 +242,8 @@ class _Objective:
         """Add calibration chunk `chunk` (its logits under the candidate, its ids and mask)."""
         if self.name == "perplexity":
             part, count = token_nll(logits, input_ids, mask)  # -log q >= 0 per token, in floats too
+            if self.token_values is not None:
+                raise NotImplementedError("per-token values are kept for the divergence objectives only")
         else:
             assert ref is not None
             other = logits.float() if self.name == "angular" else torch.log_softmax(logits.float(), dim=-1)
@@ -248,6 +252,8 @@ class _Objective:
             values = _TOKEN_DIVERGENCE[self.name](ref, other).clamp_min(0.0)
             keep = mask.bool()
             part, count = float(values[keep].sum()), int(keep.sum())
+            if self.token_values is not None:
+                self.token_values[chunk] = values[keep].double().cpu()
         self.parts[chunk] = part
         self.total += part
         self.count += count
@@ -278,6 +284,8 @@ class SearchResult:
     stats: dict[str, Any]
     # Per step, the candidates the bound dropped: (lower bound of the score, tokens scored).
     step_bounds: list[dict[Unit, tuple[float, int]]] = field(default_factory=list)
+    # Per step, every candidate's per-token values in calibration order (`keep_token_values`).
+    step_token_values: list[dict[Unit, torch.Tensor]] = field(default_factory=list)
 
 
 def _first_tensor(value: Any) -> torch.Tensor:
@@ -301,8 +309,12 @@ class _Engine:
         cached: bool,
         reuse_budget_mb: int,
         candidate_batch: int = 1,
+        keep_token_values: bool = False,
     ) -> None:
         self.model, self.adapter, self.divergence, self.cached = model, adapter, divergence, cached
+        # Every candidate's per-token values, in calibration order, after each `evaluate_many`.
+        self.keep_token_values = keep_token_values
+        self.token_values: dict[Unit, torch.Tensor] = {}
         self.device = next(model.parameters()).device
         self.chunks = [
             (ids.to(self.device), mask.to(self.device)) for ids, mask in calibration.batches(batch_size)
@@ -448,22 +460,30 @@ class _Engine:
         """The official code's evaluation of removing `unit` on top of the current removals: a full
         pass from the embeddings per chunk, removed sublayers computed and their outputs zeroed."""
         removal = set(self.removed) | {unit}
-        objective = _Objective(self.divergence)
+        objective = _Objective(self.divergence, self.keep_token_values)
         with _outputs_zeroed(self.model, self.adapter, [*self.removed, unit]):
             for c, (ids, mask) in enumerate(self.chunks):
                 logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
                 self.forward_calls += 1
                 self._tally(ids.shape[0], 0, removal, masked=True)
                 objective.add(c, self.reference[c], logits, ids, mask)
+        if objective.token_values is not None:
+            self.token_values[unit] = torch.cat([objective.token_values[c] for c in range(len(self.chunks))])
         return objective.value()
 
     def evaluate_many(self, units: list[Unit], last_choice: Unit | None) -> dict[Unit, float]:
         """The objective of each of `units` on every calibration token."""
+        self.token_values = {}
         if not self.cached:
             return {u: self.evaluate_naive(u) for u in units}
-        objectives = {u: _Objective(self.divergence) for u in units}
+        objectives = {u: _Objective(self.divergence, self.keep_token_values) for u in units}
         for c in range(len(self.chunks)):
             self._advance(units, c, last_choice, objectives)
+        for unit, objective in objectives.items():
+            if objective.token_values is not None:
+                self.token_values[unit] = torch.cat(
+                    [objective.token_values[c] for c in range(len(self.chunks))]
+                )
         return {u: objectives[u].value() for u in units}
 
     def evaluate_bounded(
@@ -565,35 +585,46 @@ class _Engine:
                 return max(usable), kept[max(usable)][chunk]
         return unit.block, self.base[chunk][unit.block]
 
-    def begin_step(self, ranking: list[Unit], num_candidates: int) -> None:
+    def begin_step(self, ranking: list[Unit], candidates: list[Unit]) -> None:
         """Choose the boundaries to stash this step (the blocks of last step's best candidates).
 
         Each candidate keeps states at most at the chosen boundaries (older kept states at other
         boundaries are dropped), so the stash stays within `reuse_budget_mb`."""
-        self.speculate = self._boundaries(ranking, num_candidates)
+        self.speculate = self._boundaries(ranking, candidates)
         if self.speculate != set(range(1, self.num_blocks)):
             self.stash = {
                 u: {k: v for k, v in kept.items() if k in self.speculate} for u, kept in self.stash.items()
             }
 
-    def _boundaries(self, ranking: list[Unit], num_candidates: int) -> set[int]:
-        if not self.cached or self.reuse_budget == 0 or num_candidates == 0:
+    def _boundaries(self, ranking: list[Unit], candidates: list[Unit]) -> set[int]:
+        """As many of the likeliest boundaries as the budget holds. A state entering block k is kept
+        only for the candidates before it (a candidate in block j resumes there at the next step
+        only if the removal lands at or after k > j), so boundary k costs one state per such one."""
+        if not self.cached or self.reuse_budget == 0 or not candidates:
             return set()
-        slots = int(self.reuse_budget // (num_candidates * self.state_bytes))
-        if slots <= 0:
+
+        def cost(boundaries: Iterable[int]) -> int:
+            return sum(sum(1 for u in candidates if u.block < k) for k in boundaries) * self.state_bytes
+
+        every = range(1, self.num_blocks)
+        if cost(every) <= self.reuse_budget:  # memory for every boundary: no need to guess
+            return set(every)
+        if not ranking:  # first step: the densest even grid over the blocks that fits
+            for slots in range(self.num_blocks - 2, 0, -1):
+                grid = {self.num_blocks * (i + 1) // (slots + 1) for i in range(slots)}
+                if cost(grid) <= self.reuse_budget:
+                    return grid
             return set()
-        if slots >= self.num_blocks:  # memory for every boundary: no need to guess
-            return set(range(1, self.num_blocks))
-        blocks: list[int] = []
-        if ranking:
-            for unit in ranking:
-                if unit.block not in blocks:
-                    blocks.append(unit.block)
-                if len(blocks) == slots:
-                    break
-        else:  # first step: an even grid over the deeper blocks
-            blocks = [self.num_blocks * (i + 1) // (slots + 1) for i in range(slots)]
-        return set(blocks)
+        chosen: set[int] = set()
+        spent = 0
+        for unit in ranking:  # where the next removal most likely lands, likeliest first
+            if unit.block == 0 or unit.block in chosen:
+                continue
+            extra = cost([unit.block])
+            if spent + extra <= self.reuse_budget:
+                chosen.add(unit.block)
+                spent += extra
+        return chosen
 
     def commit(self, unit: Unit) -> None:
         """Record the removal of `unit`, refresh the base states from its block on (from its own
@@ -681,15 +712,18 @@ def finercut_search(
     batch_size: int = 8,
     progress: bool = True,
     every_score: bool = False,
+    keep_token_values: bool = False,
 ) -> SearchResult:
     """Remove sublayers (greedy or one-shot) until `done(removed)` holds.
 
     Returns the removal order, the objective of each chosen removal, every candidate's score at
     every step (lower bounds apart, for those the bound dropped), and the engine's cost (wall
     time, forward FLOPs, forward calls). `every_score`: no early abandoning, whatever `params`.
+    `keep_token_values`: also every candidate's per-token values (divergence objectives, no early
+    abandoning: for analyses of what a bound could save, `bench/finercut_search.py`).
     """
     start_time = time.perf_counter()
-    off_reason = _bound_off_reason(params, every_score)
+    off_reason = _bound_off_reason(params, every_score or keep_token_values)
     engine = _Engine(
         model,
         adapter,
@@ -699,6 +733,7 @@ def finercut_search(
         params.engine == "cached",
         params.reuse_budget_mb,
         params.candidate_batch,
+        keep_token_values,
     )
     num_blocks = engine.num_blocks
     all_units = [Unit(kind, b) for b in range(num_blocks) for kind in ("attn", "mlp")]
@@ -706,15 +741,17 @@ def finercut_search(
     step_div: list[float] = []
     step_scores: list[dict[Unit, float]] = []
     step_bounds: list[dict[Unit, tuple[float, int]]] = []
+    step_token_values: list[dict[Unit, torch.Tensor]] = []
     ranking: list[Unit] = []
     bar = tqdm(desc="FinerCut", unit="removal", disable=not progress, leave=False)
     try:
         if params.search == "one-shot":
             candidates = _candidates(all_units, [], 0, params)
-            engine.begin_step([], 0)
+            engine.begin_step([], [])
             scores = engine.evaluate_many(candidates, None)
             step_scores.append(scores)
             step_bounds.append({})
+            step_token_values.append(engine.token_values)
             ranked = sorted(scores, key=lambda u: (scores[u], _unit_key(u)))
             for unit in ranked:
                 if done(order):
@@ -733,7 +770,7 @@ def finercut_search(
                     raise BudgetError(
                         f"the budget would remove every sublayer that may be removed ({len(order)} removed so far)"
                     )
-                engine.begin_step(ranking, len(candidates))
+                engine.begin_step(ranking, candidates)
                 last = order[-1] if order else None
                 if off_reason:
                     scores, bounds = engine.evaluate_many(candidates, last), {}
@@ -746,6 +783,7 @@ def finercut_search(
                 step_div.append(scores[best])
                 step_scores.append(scores)
                 step_bounds.append(bounds)
+                step_token_values.append(engine.token_values)
                 engine.commit(best)
                 bar.update()
     finally:
@@ -771,7 +809,7 @@ def finercut_search(
         "candidate_evaluations": sum(len(s) + len(b) for s, b in zip(step_scores, step_bounds, strict=True)),
         "abandoned": sum(len(b) for b in step_bounds),
     }
-    return SearchResult(order, step_div, step_scores, stats, step_bounds)
+    return SearchResult(order, step_div, step_scores, stats, step_bounds, step_token_values)
 
 
 # -- the plan ---------------------------------------------------------------------------------------
