@@ -89,6 +89,7 @@ def search_mode(args: argparse.Namespace) -> dict:
             reuse_budget_mb=args.reuse_budget_mb,
             bound=bound,
             bound_rows=args.bound_rows,
+            bound_vocab=args.bound_vocab,
         )
         torch.manual_seed(0)
         res = finercut_search(
@@ -445,6 +446,12 @@ def main() -> None:
         help="naive: the official algorithm; full: cached engine, bound off; bounded: cached, bound on",
     )
     parser.add_argument("--bound-rows", type=int, default=1, help="sequences between two checks of the bound")
+    parser.add_argument(
+        "--bound-vocab",
+        type=int,
+        default=FinerCutParams.bound_vocab,
+        help="top dense tokens per position whose logits rule candidates out (0: full logits)",
+    )
     parser.add_argument("--blocks", type=int, default=4, help="quality: blocks' worth of parameters")
     parser.add_argument("--eval-text", default="offline:xsum")
     parser.add_argument("--eval-samples", type=int, default=32)

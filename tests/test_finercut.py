@@ -80,33 +80,36 @@ def test_cached_search_equals_naive(family, reuse_mb, samples):
     adapter = adapter_for(model)
     batch = _calibration(samples=samples)
     results = {}
-    for name, engine, bound in (
-        ("naive", "naive", "on"),
-        ("full", "cached", "off"),
-        ("bounded", "cached", "on"),
+    for name, engine, bound, vocab in (
+        ("naive", "naive", "on", 64),
+        ("full", "cached", "off", 64),
+        ("bounded", "cached", "on", 0),  # bounds from full logits only
+        ("subset", "cached", "on", 4),  # ... and from the 4 likeliest tokens of each position first
     ):
-        params = FinerCutParams(engine=engine, reuse_budget_mb=reuse_mb, bound=bound)
+        params = FinerCutParams(engine=engine, reuse_budget_mb=reuse_mb, bound=bound, bound_vocab=vocab)
         results[name] = finercut_search(
             model, adapter, batch, params, lambda removed: len(removed) >= 6, batch_size=2, progress=False
         )
-    naive, full, bounded = results["naive"], results["full"], results["bounded"]
-    assert naive.order == full.order == bounded.order
-    assert naive.stats["bound"] == full.stats["bound"] == "off" and bounded.stats["bound"] == "on"
+    naive, full = results["naive"], results["full"]
+    assert naive.order == full.order == results["bounded"].order == results["subset"].order
+    assert naive.stats["bound"] == full.stats["bound"] == "off"
     for step, (a, b) in enumerate(zip(naive.step_scores, full.step_scores, strict=True)):
         assert a.keys() == b.keys()
         for unit in a:
             assert b[unit] == pytest.approx(a[unit], rel=1e-5, abs=1e-9)
-        exact, dropped = bounded.step_scores[step], bounded.step_bounds[step]
-        assert exact.keys() | dropped.keys() == a.keys() and not exact.keys() & dropped.keys()
-        for unit, value in exact.items():
-            assert value == pytest.approx(a[unit], rel=1e-5, abs=1e-9)
-        for unit, (bound, tokens) in dropped.items():
-            assert bounded.step_divergence[step] < bound <= a[unit] * (1 + 1e-5)
-            assert 0 < tokens < bounded.stats["calibration_tokens"]
+        for bounded in (results["bounded"], results["subset"]):
+            exact, dropped = bounded.step_scores[step], bounded.step_bounds[step]
+            assert exact.keys() | dropped.keys() == a.keys() and not exact.keys() & dropped.keys()
+            for unit, value in exact.items():
+                assert value == pytest.approx(a[unit], rel=1e-5, abs=1e-9)
+            for unit, (bound, tokens) in dropped.items():
+                assert bounded.step_divergence[step] < bound <= a[unit] * (1 + 1e-5)
+                assert 0 < tokens <= bounded.stats["calibration_tokens"]
     assert full.stats["forward_flops"] < naive.stats["forward_flops"] / (1.5 if reuse_mb else 1.2)
     assert naive.stats["full_forward_calls"] > full.stats["full_forward_calls"]
-    assert bounded.stats["abandoned"] > 0
-    assert bounded.stats["forward_flops"] < full.stats["forward_flops"]
+    for bounded in (results["bounded"], results["subset"]):
+        assert bounded.stats["bound"] == "on" and bounded.stats["abandoned"] > 0
+        assert bounded.stats["forward_flops"] < full.stats["forward_flops"]
 
 
 def _scripted_engine(per_chunk: dict, tokens_per_chunk: int = 10) -> _Engine:
@@ -119,10 +122,12 @@ def _scripted_engine(per_chunk: dict, tokens_per_chunk: int = 10) -> _Engine:
     engine.cached = True
     engine.divergence = "kl"
     engine.keep_token_values = False
+    engine.bound_vocab = 0
     engine.chunk_order = list(range(chunks))
     ran: list[tuple[str, int]] = []
 
-    def advance(units, chunk, _last, objectives):
+    def advance(units, chunk, _last, objectives, exact=True):
+        assert exact
         for unit in units:
             ran.append((unit.name, chunk))
             objectives[unit].parts[chunk] = per_chunk[unit][chunk]
@@ -472,3 +477,42 @@ def test_kept_token_values_average_to_the_scores(engine):
     )
     for unit, v in search(alone, 1, batch_size=1).step_token_values[0].items():
         assert torch.allclose(v, res.step_token_values[0][unit][32:48], rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_subset_bound_on_peaked_distributions(family):
+    """Would catch a vocabulary-subset bound above the divergence (the search would drop the argmin
+    or record a bound above the score), or one never used.
+
+    The output layer is scaled up so that a few tokens carry most of each distribution, as in a
+    trained model; random tiny models spread theirs over the whole vocabulary, where a subset's
+    bound is weak. gemma2: soft-capped logits."""
+    model = tiny_model(family, num_layers=4)
+    with torch.no_grad():
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight * 15)
+    adapter = adapter_for(model)
+    batch = _calibration(samples=6)
+    runs = [
+        finercut_search(
+            model,
+            adapter,
+            batch,
+            FinerCutParams(engine=engine, bound=bound, bound_vocab=4),
+            lambda removed: len(removed) >= 4,
+            batch_size=2,
+            progress=False,
+        )
+        for engine, bound in (("naive", "off"), ("cached", "on"))
+    ]
+    full, bounded = runs
+    assert full.order == bounded.order
+    tight = 0
+    for scores, exact, dropped in zip(
+        full.step_scores, bounded.step_scores, bounded.step_bounds, strict=True
+    ):
+        for unit, (bound, _) in dropped.items():
+            assert bound <= scores[unit] * (1 + 1e-5)
+            tight += bound > 0.7 * scores[unit]
+        for unit, value in exact.items():
+            assert value == pytest.approx(scores[unit], rel=1e-5)
+    assert tight > 0 and bounded.stats["abandoned"] > 0

@@ -38,21 +38,34 @@ objective is a mean over calibration tokens of a per-token quantity that is neve
 and JS clamped at 0 against float rounding, angular distance, next-token NLL), so a candidate's
 running sum, divided by the final token count, bounds its final value from below. Calibration is
 scored in chunks of `bound_rows` sequences, those that added most to the last removal's score
-first (so running sums grow fast). Every candidate scores the first chunk; then the most
-promising (lowest so far, then last step's ranking) run chunk by chunk until complete or until
-their bound is strictly above the best complete value D*. Such a candidate cannot be the argmin,
-so the chosen sublayer, the tie-break and the order are those of the full search (tested against
-`bound=off` and the naive engine). Its score is recorded as a lower bound (`lower_bound`,
+first (so running sums grow fast). Every candidate scores the first chunk; then, in last step's
+ranking (then lowest so far), each runs chunk by chunk until complete or until its bound is
+strictly above the best complete value D*. Such a candidate cannot be the argmin, so the chosen
+sublayer, the tie-break and the order are those of the full search (tested against `bound=off`
+and the naive engine). Its score is recorded as a lower bound (`lower_bound`,
 `abandoned_after_tokens`). Kept states of an abandoned candidate cover only the chunks it ran; the
-next step resumes the others from its own block. The bound bites when the best candidate is far
-below the rest; after a few removals every candidate carries the divergence of those already
-made, the scores bunch up and most candidates must see most tokens. A perplexity never comes
-near 0, so its candidates go late or not at all. Not used by one-shot searches (they rank every
-score), the naive engine, or without a budget (`inspect`: the scores are the output).
+next step resumes the others from its own block.
+
+Ruling a candidate out does not need its exact value, and the output layer (every logit) is a
+fifth of a small model's forward pass. So for KL and both JS forms (`bound_vocab=N`, default 64),
+once D* is known a chunk is first scored from the logits of a vocabulary subset only: the dense
+model's N likeliest tokens at any of the chunk's positions (a few thousand of 49k on SmolLM2).
+Merging outcomes never increases these divergences, and q is known on the subset up to its mass
+there, so the minimum over that mass is a lower bound (:mod:`hubprune.methods.vocab_bound`; it
+counts 1e-4 less, `SUBSET_MARGIN`, for float rounding). A candidate whose bound is not above D*
+once every chunk is in gets the full output layer on its kept final states, chunk by chunk,
+until it is above D* or complete. `bound_vocab=0` bounds from full logits only.
+
+The bound bites when the best candidate is far below the rest; after a few removals every
+candidate carries the divergence of those already made, the scores bunch up and most candidates
+must see most tokens. A perplexity never comes near 0, so its candidates go late or not at all.
+Not used by one-shot searches (they rank every score), the naive engine, or without a budget
+(`inspect`: the scores are the output).
 
 Usage: ``hubprune prune SOURCE --method finercut --amount 0.25 [--budget-by params]
 [--format plain|compact] [--method-arg divergence=js] [--method-arg protect_first_blocks=2
---method-arg protect_steps=4] [--method-arg search=one-shot] [--method-arg bound=off]``.
+--method-arg protect_steps=4] [--method-arg search=one-shot] [--method-arg bound=off]
+[--method-arg bound_vocab=0]``.
 `--amount` counts sublayers (2L of them); with `--budget-by params` sublayers are removed until
 the parameter fraction is met. The official code's `-x r` protection corresponds to
 protect_first_blocks = int(L·r) + 1 and protect_steps = int(2L·r) + 1. The last attention
@@ -81,6 +94,7 @@ from hubprune.cost import removal_savings
 from hubprune.data import CalibrationBatch
 from hubprune.errors import BudgetError, RecipeError
 from hubprune.evaluation.perplexity import token_nll
+from hubprune.methods import vocab_bound
 from hubprune.methods.budget import BUDGET_WHAT, Budget
 from hubprune.methods.registry import MethodContext, MethodSpec, register_method
 from hubprune.plan import Plan, Unit
@@ -93,6 +107,9 @@ DIVERGENCES = ("js-official", "js", "kl", "angular", "perplexity")
 SEARCHES = ("greedy", "one-shot")
 ENGINES = ("cached", "naive")
 BOUNDS = ("on", "off")
+# A subset-vocabulary lower bound counts for this much less: float32 logits and the minimisation's
+# tolerance move it by far less, so a candidate it rules out is above D* in the full search too.
+SUBSET_MARGIN = 1e-4
 
 DIVERGENCE_MEANING = {
     "js-official": "0.5*[KL(m||p)+KL(m||q)], m=(p+q)/2 (the official FinerCut code's variant)",
@@ -138,6 +155,13 @@ class FinerCutParams:
     bound_rows: int = field(
         default=1, metadata={"help": "with the bound on: calibration sequences scored between two checks"}
     )
+    bound_vocab: int = field(
+        default=64,
+        metadata={
+            "help": "with the bound on (KL, JS): rule candidates out from the logits of the dense model's "
+            "top-N tokens at each position only (0: from full logits)"
+        },
+    )
 
     def __post_init__(self) -> None:
         for name, value, choices in (
@@ -161,6 +185,8 @@ class FinerCutParams:
         for name, value in (("candidate_batch", self.candidate_batch), ("bound_rows", self.bound_rows)):
             if not isinstance(value, int) or value < 1:
                 raise RecipeError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not isinstance(self.bound_vocab, int) or self.bound_vocab < 0:
+            raise RecipeError(f"bound_vocab must be a whole number >= 0, got {self.bound_vocab!r}")
         if not isinstance(self.reuse_budget_mb, int) or self.reuse_budget_mb < 0:
             raise RecipeError(f"reuse_budget_mb must be a whole number >= 0, got {self.reuse_budget_mb!r}")
 
@@ -207,13 +233,17 @@ class _Objective:
     """Accumulates one candidate's objective over calibration chunks.
 
     Every per-token quantity is >= 0 (a divergence, or a next-token NLL), and each chunk adds a
-    sum of them, so `total` never decreases: part-way, it bounds the final value from below."""
+    sum of them, so `total` never decreases: part-way, it bounds the final value from below. A
+    chunk may first be scored from part of the vocabulary (`add_lower`: a lower bound of what it
+    adds, :mod:`hubprune.methods.vocab_bound`); `add` later replaces that with the exact sum."""
 
     def __init__(self, name: str, keep_tokens: bool = False) -> None:
         self.name = name
         self.total = 0.0
         self.count = 0
         self.parts: dict[int, float] = {}  # chunk -> what it added to `total`
+        # chunk -> (lower bound of what it adds, its tokens, the final hidden states to score it exactly)
+        self.lower: dict[int, tuple[float, int, torch.Tensor]] = {}
         # chunk -> the per-token values it added (only when asked: for analyses of the bound)
         self.token_values: dict[int, torch.Tensor] | None = {} if keep_tokens else None
 
@@ -254,21 +284,35 @@ class _Objective:
             part, count = float(values[keep].sum()), int(keep.sum())
             if self.token_values is not None:
                 self.token_values[chunk] = values[keep].double().cpu()
+        self.lower.pop(chunk, None)
         self.parts[chunk] = part
         self.total += part
         self.count += count
+
+    def add_lower(self, chunk: int, part: float, count: int, final_states: torch.Tensor) -> None:
+        """Chunk `chunk` adds at least `part` over `count` tokens; `final_states` score it exactly."""
+        self.lower[chunk] = (part, count, final_states)
+
+    @property
+    def seen(self) -> int:
+        """Tokens scored so far, exactly or with a lower bound."""
+        return self.count + sum(count for _, count, _ in self.lower.values())
+
+    def estimate(self) -> float:
+        """The mean so far, lower bounds counted as values: to rank candidates, not a score."""
+        return self._finish((self.total + sum(p for p, _, _ in self.lower.values())) / max(self.seen, 1))
 
     def _finish(self, mean: float) -> float:
         return math.exp(mean) if self.name == "perplexity" else mean
 
     def value(self) -> float:
-        """The objective over the tokens seen so far (all of them: the score; part-way: an estimate)."""
+        """The objective over the tokens scored exactly so far (all of them: the score)."""
         return self._finish(self.total / max(self.count, 1))
 
     def bound(self, tokens: int) -> float:
         """A lower bound of the final value over all `tokens`: the running sum, divided by the same
         count as the final mean (both steps are monotone, so final >= bound in floats too)."""
-        return self._finish(self.total / max(tokens, 1))
+        return self._finish((self.total + sum(p for p, _, _ in self.lower.values())) / max(tokens, 1))
 
 
 # -- the search -----------------------------------------------------------------------------------
@@ -310,11 +354,13 @@ class _Engine:
         reuse_budget_mb: int,
         candidate_batch: int = 1,
         keep_token_values: bool = False,
+        bound_vocab: int = 0,
     ) -> None:
         self.model, self.adapter, self.divergence, self.cached = model, adapter, divergence, cached
         # Every candidate's per-token values, in calibration order, after each `evaluate_many`.
         self.keep_token_values = keep_token_values
         self.token_values: dict[Unit, torch.Tensor] = {}
+        self.bound_vocab = bound_vocab if divergence in vocab_bound.BOUNDED else 0
         self.device = next(model.parameters()).device
         self.chunks = [
             (ids.to(self.device), mask.to(self.device)) for ids, mask in calibration.batches(batch_size)
@@ -374,6 +420,15 @@ class _Engine:
         finally:
             for h in hooks:
                 h.remove()
+        # Bounded search from part of the vocabulary: per chunk, the dense model's top tokens at any
+        # position, their rows of the output layer, the dense log-probs there and the mass outside.
+        self.subsets: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]] = []
+        if self.bound_vocab:
+            weight, bias = self.lm_head.weight, getattr(self.lm_head, "bias", None)
+            for (_, mask), ref in zip(self.chunks, self.reference, strict=True):
+                assert ref is not None
+                ids, inside, outside = vocab_bound.vocab_subset(ref, mask, self.bound_vocab)
+                self.subsets.append((weight[ids], None if bias is None else bias[ids], inside, outside))
 
     @torch.no_grad()
     def _measure_costs(self) -> None:
@@ -398,10 +453,16 @@ class _Engine:
             self.attn_cost.append((full - no_attn) / rows)
             self.mlp_cost.append((full - no_mlp) / rows)
         self.head_cost = count(lambda: self._head(h)) / rows
+        self.vocab_size = self.lm_head.weight.shape[0]
 
     # -- running --------------------------------------------------------------------------------
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         return self.adapter.final_logits(self.model.config, self.lm_head(self.final_norm(h)))
+
+    def _subset_head(self, h: torch.Tensor, chunk: int) -> torch.Tensor:
+        """The logits of chunk `chunk`'s subset of the vocabulary only (soft-capping is per logit)."""
+        weight, bias, _, _ = self.subsets[chunk]
+        return self.adapter.final_logits(self.model.config, F.linear(self.final_norm(h), weight, bias))
 
     def _tally(
         self,
@@ -409,12 +470,13 @@ class _Engine:
         start: int,
         removed: set[Unit],
         *,
-        head: bool = True,
+        head: float = 1.0,
         masked: bool = False,
         last: int | None = None,
         gated: Unit | None = None,
     ) -> None:
-        """Count blocks `start`..`last`-1 (default: to the end) and the head for `rows` rows;
+        """Count blocks `start`..`last`-1 (default: to the end) and `head` (a share) of the output
+        layer for `rows` rows;
         `masked`: removed sublayers ran (their outputs zeroed), so they count in `flops` but not
         in `flops_if_skipping`; `gated`: a removed sublayer that ran all the same (its output
         zeroed for these rows of a batch), counted in both."""
@@ -426,9 +488,8 @@ class _Engine:
                 elif masked:
                     self.flops += rows * cost
             self.block_evals += 1
-        if head:
-            self.flops += rows * self.head_cost
-            self.flops_if_skipping += rows * self.head_cost
+        self.flops += rows * self.head_cost * head
+        self.flops_if_skipping += rows * self.head_cost * head
 
     @torch.no_grad()
     def _refresh_base(self, start: int, known: dict[int, dict[int, torch.Tensor]] | None = None) -> None:
@@ -448,7 +509,7 @@ class _Engine:
                         h = known[b][c]
                     else:
                         h = _first_tensor(self.blocks[b - 1](h, **self.kwargs[c][b - 1]))
-                        self._tally(rows, b - 1, set(self.removed), head=False, last=b)
+                        self._tally(rows, b - 1, set(self.removed), head=0.0, last=b)
                     states.append(h)
                 if fresh:
                     self.base.append(states)
@@ -496,11 +557,19 @@ class _Engine:
         sums grow fast). Every candidate scores the first chunk (batched); then, most promising
         first (lowest value so far, then `ranking`: last step's order), each runs chunk by chunk
         until it is complete or its running bound is strictly above the best complete value D*:
-        it cannot be the minimum then, so the argmin and its tie-break are the full search's."""
+        it cannot be the minimum then, so the argmin and its tie-break are the full search's.
+
+        With `bound_vocab`, a chunk is first scored from the logits of its vocabulary subset (a
+        lower bound of what it adds); a candidate still not above D* once every chunk is in gets
+        the full output layer on its kept final states, chunk by chunk, until it is ruled out or
+        complete. The first candidate to complete, while D* is unknown, is scored in full."""
+        subset = bool(self.bound_vocab)
         objectives = {u: _Objective(self.divergence) for u in units}
-        self._advance(units, self.chunk_order[0], last_choice, objectives)
+        self._advance(units, self.chunk_order[0], last_choice, objectives, exact=not subset)
         prior = {u: i for i, u in enumerate(ranking)}
-        order = sorted(units, key=lambda u: (objectives[u].value(), prior.get(u, len(prior)), _unit_key(u)))
+        order = sorted(
+            units, key=lambda u: (prior.get(u, len(prior)), objectives[u].estimate(), _unit_key(u))
+        )
         best = math.inf
         exact: dict[Unit, float] = {}
         dropped: dict[Unit, tuple[float, int]] = {}
@@ -509,9 +578,14 @@ class _Engine:
             for chunk in self.chunk_order[1:]:
                 if objective.bound(self.tokens) > best:
                     break
-                self._advance([unit], chunk, last_choice, objectives)
+                self._advance([unit], chunk, last_choice, objectives, exact=not subset or best == math.inf)
+            # Chunks scored from the subset, largest bound first: the full output layer while it can win.
+            for chunk in sorted(objective.lower, key=lambda c: -objective.lower[c][0]):
+                if objective.bound(self.tokens) > best:
+                    break
+                self._score_exactly(objective, chunk)
             if len(objective.parts) < len(self.chunks):
-                dropped[unit] = (objective.bound(self.tokens), objective.count)
+                dropped[unit] = (objective.bound(self.tokens), objective.seen)
             else:
                 exact[unit] = objective.value()
                 best = min(best, exact[unit])
@@ -519,12 +593,26 @@ class _Engine:
         return exact, dropped
 
     @torch.no_grad()
+    def _score_exactly(self, objective: _Objective, chunk: int) -> None:
+        """Replace chunk `chunk`'s lower bound by its exact sum: the output layer on its kept states."""
+        ids, mask = self.chunks[chunk]
+        states = objective.lower[chunk][2]
+        self._tally(ids.shape[0], self.num_blocks, set())  # no blocks: the output layer only
+        objective.add(chunk, self.reference[chunk], self._head(states), ids, mask)
+
+    @torch.no_grad()
     def _advance(
-        self, units: list[Unit], chunk: int, last_choice: Unit | None, objectives: dict[Unit, _Objective]
+        self,
+        units: list[Unit],
+        chunk: int,
+        last_choice: Unit | None,
+        objectives: dict[Unit, _Objective],
+        exact: bool = True,
     ) -> None:
-        """Score `units` on one chunk; up to `candidate_batch` of them that resume at the same block
-        run as one batch (rows stacked, each candidate's own sublayer zeroed for its rows only),
-        which gives the same values as one at a time."""
+        """Score `units` on one chunk (`exact`: with the full output layer, else a lower bound from
+        the chunk's vocabulary subset); up to `candidate_batch` of them that resume at the same
+        block run as one batch (rows stacked, each candidate's own sublayer zeroed for its rows
+        only), which gives the same values as one at a time."""
         by_start: dict[int, list[tuple[Unit, torch.Tensor]]] = {}
         for unit in units:
             start, state = self._resume(unit, last_choice, chunk)
@@ -532,7 +620,7 @@ class _Engine:
         with sublayers_skipped(self.model, self.adapter, self.removed):
             for start, members in sorted(by_start.items()):
                 for i in range(0, len(members), self.candidate_batch):
-                    self._run_group(start, members[i : i + self.candidate_batch], chunk, objectives)
+                    self._run_group(start, members[i : i + self.candidate_batch], chunk, objectives, exact)
 
     def _run_group(
         self,
@@ -540,6 +628,7 @@ class _Engine:
         members: list[tuple[Unit, torch.Tensor]],
         chunk: int,
         objectives: dict[Unit, _Objective],
+        exact: bool = True,
     ) -> None:
         """One batched pass on chunk `chunk` for candidates that all resume at block `start` (each
         with its state entering that block). A candidate of block `start` has its own sublayer
@@ -569,9 +658,19 @@ class _Engine:
             rows_i = slice(i * rows, (i + 1) * rows)
             for k, state in stored.items():
                 self.stash_next.setdefault(unit, {}).setdefault(k, {})[chunk] = state[rows_i]
-            logits = self._head(h[rows_i])
-            self._tally(rows, start, set(self.removed) | {unit}, gated=unit if unit in gates else None)
-            objectives[unit].add(chunk, self.reference[chunk], logits, ids, mask)
+            removal, gate = set(self.removed) | {unit}, unit if unit in gates else None
+            if exact:
+                self._tally(rows, start, removal, gated=gate)
+                objectives[unit].add(chunk, self.reference[chunk], self._head(h[rows_i]), ids, mask)
+                continue
+            weight, _, ref, ref_outside = self.subsets[chunk]
+            self._tally(rows, start, removal, gated=gate, head=weight.shape[0] / self.vocab_size)
+            keep = mask.bool()
+            logits = self._subset_head(h[rows_i], chunk)[keep]
+            bound = vocab_bound.lower_bound(self.divergence, ref, ref_outside, logits)
+            # Less a margin for float rounding (float32 logits, the golden-section tolerance).
+            part = float(bound.sum()) * (1.0 - SUBSET_MARGIN)
+            objectives[unit].add_lower(chunk, part, int(keep.sum()), h[rows_i])
 
     def _resume(self, unit: Unit, last_choice: Unit | None, chunk: int) -> tuple[int, torch.Tensor]:
         """Where `unit`'s evaluation on `chunk` can start: its own block (from the current model's
@@ -734,6 +833,7 @@ def finercut_search(
         params.reuse_budget_mb,
         params.candidate_batch,
         keep_token_values,
+        0 if off_reason else params.bound_vocab,
     )
     num_blocks = engine.num_blocks
     all_units = [Unit(kind, b) for b in range(num_blocks) for kind in ("attn", "mlp")]
@@ -803,7 +903,13 @@ def finercut_search(
         "bound": "off" if off_reason else "on",
         "bound_note": off_reason
         or f"a candidate stops being scored once its running sum over chunks of {params.bound_rows} "
-        "calibration sequence(s) exceeds the best complete score: it cannot be the minimum",
+        "calibration sequence(s) exceeds the best complete score: it cannot be the minimum"
+        + (
+            f"; chunks are first bounded from the logits of the dense model's {engine.bound_vocab} likeliest "
+            "tokens at each position"
+            if engine.bound_vocab
+            else ""
+        ),
         "calibration_tokens": engine.tokens,
         "calibration_rows": sum(ids.shape[0] for ids, _ in engine.chunks),
         "candidate_evaluations": sum(len(s) + len(b) for s, b in zip(step_scores, step_bounds, strict=True)),
