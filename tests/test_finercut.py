@@ -22,6 +22,7 @@ from hubprune.methods.finercut import (
     kl_divergence,
 )
 from hubprune.plan import Plan, Unit
+from hubprune.sublayers import sublayers_skipped
 from tests.tiny import FAMILIES, SAMPLE_TEXT, char_tokenizer, tiny_model
 
 
@@ -516,3 +517,32 @@ def test_subset_bound_on_peaked_distributions(family):
         for unit, value in exact.items():
             assert value == pytest.approx(scores[unit], rel=1e-5)
     assert tight > 0 and bounded.stats["abandoned"] > 0
+
+
+def test_vocab_subsets_follow_the_pruned_model():
+    """Would catch subsets that keep only the dense model's likeliest tokens after removals (the
+    candidates' mass moves with the pruned model), or lose the dense ones."""
+    model = tiny_model("llama", num_layers=4)
+    engine = _Engine(
+        model,
+        adapter_for(model),
+        _calibration(),
+        1,
+        "js-official",
+        cached=True,
+        reuse_budget_mb=64,
+        bound_vocab=2,
+    )
+    dense = [set(ids.tolist()) for ids, *_ in engine.subsets]
+    units = [Unit(kind, b) for b in range(4) for kind in ("attn", "mlp")]
+    engine.begin_step([], units)
+    exact, _ = engine.evaluate_bounded(units, None, [])
+    chosen = min(exact, key=lambda u: (exact[u], u.block, u.kind))
+    with sublayers_skipped(model, adapter_for(model), [chosen]), torch.no_grad():
+        pruned = [model(input_ids=ids).logits.topk(2, dim=-1).indices for ids, _ in engine.chunks]
+    engine.commit(chosen)
+    for c, (ids, weight, *_) in enumerate(engine.subsets):
+        now = set(ids.tolist())
+        assert dense[c] <= now and set(pruned[c].flatten().tolist()) <= now
+        assert torch.equal(weight, model.lm_head.weight[ids])
+    assert any(set(ids.tolist()) != dense[c] for c, (ids, *_) in enumerate(engine.subsets))

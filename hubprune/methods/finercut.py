@@ -47,9 +47,10 @@ and the naive engine). Its score is recorded as a lower bound (`lower_bound`,
 next step resumes the others from its own block.
 
 Ruling a candidate out does not need its exact value, and the output layer (every logit) is a
-fifth of a small model's forward pass. So for KL and both JS forms (`bound_vocab=N`, default 64),
-once D* is known a chunk is first scored from the logits of a vocabulary subset only: the dense
-model's N likeliest tokens at any of the chunk's positions (a few thousand of 49k on SmolLM2).
+fifth of a small model's forward pass. So for KL and both JS forms (`bound_vocab=N`, default 128),
+once D* is known a chunk is first scored from the logits of a vocabulary subset only: the N
+likeliest tokens at any of the chunk's positions under the dense model and under the current
+pruned model (candidates differ from it by one sublayer), a few thousand of 49k on SmolLM2.
 Merging outcomes never increases these divergences, and q is known on the subset up to its mass
 there, so the minimum over that mass is a lower bound (:mod:`hubprune.methods.vocab_bound`; it
 counts 1e-4 less, `SUBSET_MARGIN`, for float rounding). A candidate whose bound is not above D*
@@ -156,7 +157,7 @@ class FinerCutParams:
         default=1, metadata={"help": "with the bound on: calibration sequences scored between two checks"}
     )
     bound_vocab: int = field(
-        default=64,
+        default=128,
         metadata={
             "help": "with the bound on (KL, JS): rule candidates out from the logits of the dense model's "
             "top-N tokens at each position only (0: from full logits)"
@@ -237,7 +238,7 @@ class _Objective:
     chunk may first be scored from part of the vocabulary (`add_lower`: a lower bound of what it
     adds, :mod:`hubprune.methods.vocab_bound`); `add` later replaces that with the exact sum."""
 
-    def __init__(self, name: str, keep_tokens: bool = False) -> None:
+    def __init__(self, name: str, keep_tokens: bool = False, keep_top: int = 0) -> None:
         self.name = name
         self.total = 0.0
         self.count = 0
@@ -246,6 +247,9 @@ class _Objective:
         self.lower: dict[int, tuple[float, int, torch.Tensor]] = {}
         # chunk -> the per-token values it added (only when asked: for analyses of the bound)
         self.token_values: dict[int, torch.Tensor] | None = {} if keep_tokens else None
+        # chunk -> the candidate's `keep_top` likeliest tokens at each scored position
+        self.keep_top = keep_top
+        self.top: dict[int, torch.Tensor] = {}
 
     @staticmethod
     def reference(name: str, logits: torch.Tensor) -> torch.Tensor | None:
@@ -284,6 +288,8 @@ class _Objective:
             part, count = float(values[keep].sum()), int(keep.sum())
             if self.token_values is not None:
                 self.token_values[chunk] = values[keep].double().cpu()
+            if self.keep_top:
+                self.top[chunk] = logits[keep].topk(min(self.keep_top, logits.shape[-1]), dim=-1).indices
         self.lower.pop(chunk, None)
         self.parts[chunk] = part
         self.total += part
@@ -380,6 +386,7 @@ class _Engine:
         # of each candidate scored in full at this step (the chosen one's order the next chunks).
         self.chunk_order = list(range(len(self.chunks)))
         self.parts: dict[Unit, dict[int, float]] = {}
+        self.tops: dict[Unit, dict[int, torch.Tensor]] = {}  # the same candidates' likeliest tokens
         self.removed: list[Unit] = []
         self.base: list[list[torch.Tensor]] = []
         # Kept states of each candidate's model: unit -> block boundary -> chunk -> state.
@@ -420,15 +427,25 @@ class _Engine:
         finally:
             for h in hooks:
                 h.remove()
-        # Bounded search from part of the vocabulary: per chunk, the dense model's top tokens at any
-        # position, their rows of the output layer, the dense log-probs there and the mass outside.
-        self.subsets: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]] = []
-        if self.bound_vocab:
-            weight, bias = self.lm_head.weight, getattr(self.lm_head, "bias", None)
-            for (_, mask), ref in zip(self.chunks, self.reference, strict=True):
-                assert ref is not None
-                ids, inside, outside = vocab_bound.vocab_subset(ref, mask, self.bound_vocab)
-                self.subsets.append((weight[ids], None if bias is None else bias[ids], inside, outside))
+        # per chunk: (token ids, their output-layer rows and biases, dense log-probs, log-mass outside)
+        self.subsets: list[
+            tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]
+        ] = []
+        self._choose_subsets({})
+
+    def _choose_subsets(self, current_top: dict[int, torch.Tensor]) -> None:
+        """Bounded search from part of the vocabulary: per chunk, the dense model's `bound_vocab`
+        likeliest tokens at any position and the current pruned model's (`current_top`, by chunk:
+        candidates differ from it by one sublayer, so their mass lies there too), their rows of
+        the output layer, the dense log-probs there and the dense mass outside."""
+        if not self.bound_vocab:
+            return
+        weight, bias = self.lm_head.weight, getattr(self.lm_head, "bias", None)
+        self.subsets = []
+        for c, ((_, mask), ref) in enumerate(zip(self.chunks, self.reference, strict=True)):
+            assert ref is not None
+            ids, inside, outside = vocab_bound.vocab_subset(ref, mask, self.bound_vocab, current_top.get(c))
+            self.subsets.append((ids, weight[ids], None if bias is None else bias[ids], inside, outside))
 
     @torch.no_grad()
     def _measure_costs(self) -> None:
@@ -461,7 +478,7 @@ class _Engine:
 
     def _subset_head(self, h: torch.Tensor, chunk: int) -> torch.Tensor:
         """The logits of chunk `chunk`'s subset of the vocabulary only (soft-capping is per logit)."""
-        weight, bias, _, _ = self.subsets[chunk]
+        _, weight, bias, _, _ = self.subsets[chunk]
         return self.adapter.final_logits(self.model.config, F.linear(self.final_norm(h), weight, bias))
 
     def _tally(
@@ -554,18 +571,23 @@ class _Engine:
         it could not rule out, and (lower bound, tokens scored) of each one it dropped.
 
         Chunks go in `chunk_order` (the sequences the last removal moved most first, so running
-        sums grow fast). Every candidate scores the first chunk (batched); then, most promising
-        first (lowest value so far, then `ranking`: last step's order), each runs chunk by chunk
-        until it is complete or its running bound is strictly above the best complete value D*:
-        it cannot be the minimum then, so the argmin and its tie-break are the full search's.
+        sums grow fast), those a candidate can resume deepest in first (`_chunk_sequence`). Every
+        candidate scores its first chunk (batched); then, in last step's ranking (then lowest
+        value so far), each runs chunk by chunk until it is complete or its running bound is
+        strictly above the best complete value D*: it cannot be the minimum then, so the argmin
+        and its tie-break are the full search's.
 
         With `bound_vocab`, a chunk is first scored from the logits of its vocabulary subset (a
         lower bound of what it adds); a candidate still not above D* once every chunk is in gets
         the full output layer on its kept final states, chunk by chunk, until it is ruled out or
         complete. The first candidate to complete, while D* is unknown, is scored in full."""
         subset = bool(self.bound_vocab)
-        objectives = {u: _Objective(self.divergence) for u in units}
-        self._advance(units, self.chunk_order[0], last_choice, objectives, exact=not subset)
+        objectives = {u: _Objective(self.divergence, keep_top=self.bound_vocab) for u in units}
+        sequence = {u: self._chunk_sequence(u, last_choice) for u in units}
+        for chunk in self.chunk_order:  # each candidate's first chunk, batched by chunk
+            group = [u for u in units if sequence[u][0] == chunk]
+            if group:
+                self._advance(group, chunk, last_choice, objectives, exact=not subset)
         prior = {u: i for i, u in enumerate(ranking)}
         order = sorted(
             units, key=lambda u: (prior.get(u, len(prior)), objectives[u].estimate(), _unit_key(u))
@@ -575,7 +597,7 @@ class _Engine:
         dropped: dict[Unit, tuple[float, int]] = {}
         for unit in order:
             objective = objectives[unit]
-            for chunk in self.chunk_order[1:]:
+            for chunk in sequence[unit][1:]:
                 if objective.bound(self.tokens) > best:
                     break
                 self._advance([unit], chunk, last_choice, objectives, exact=not subset or best == math.inf)
@@ -590,7 +612,16 @@ class _Engine:
                 exact[unit] = objective.value()
                 best = min(best, exact[unit])
         self.parts = {u: objectives[u].parts for u in exact}
+        self.tops = {u: objectives[u].top for u in exact}
         return exact, dropped
+
+    def _chunk_sequence(self, unit: Unit, last_choice: Unit | None) -> list[int]:
+        """The chunks in the order `unit` scores them: those where it resumes deepest (its own
+        kept states, from the step before) first, then `chunk_order`. Any order gives the same
+        bound; resuming deep costs least, and those chunks led the order last step too."""
+        rank = {c: i for i, c in enumerate(self.chunk_order)}
+        start = {c: self._resume_start(unit, last_choice, c) for c in self.chunk_order}
+        return sorted(self.chunk_order, key=lambda c: (-start[c], rank[c]))
 
     @torch.no_grad()
     def _score_exactly(self, objective: _Objective, chunk: int) -> None:
@@ -663,7 +694,7 @@ class _Engine:
                 self._tally(rows, start, removal, gated=gate)
                 objectives[unit].add(chunk, self.reference[chunk], self._head(h[rows_i]), ids, mask)
                 continue
-            weight, _, ref, ref_outside = self.subsets[chunk]
+            _, weight, _, ref, ref_outside = self.subsets[chunk]
             self._tally(rows, start, removal, gated=gate, head=weight.shape[0] / self.vocab_size)
             keep = mask.bool()
             logits = self._subset_head(h[rows_i], chunk)[keep]
@@ -675,14 +706,21 @@ class _Engine:
     def _resume(self, unit: Unit, last_choice: Unit | None, chunk: int) -> tuple[int, torch.Tensor]:
         """Where `unit`'s evaluation on `chunk` can start: its own block (from the current model's
         state), or the deepest boundary where a state of its own model is still valid."""
+        start = self._resume_start(unit, last_choice, chunk)
+        if start != unit.block:
+            return start, self.stash[unit][start][chunk]
+        return unit.block, self.base[chunk][unit.block]
+
+    def _resume_start(self, unit: Unit, last_choice: Unit | None, chunk: int) -> int:
+        """The block `_resume` starts `unit` from on `chunk`."""
         if last_choice is not None and unit.block < last_choice.block:
             kept = self.stash.get(unit, {})
             usable = [
                 k for k, states in kept.items() if unit.block < k <= last_choice.block and chunk in states
             ]
             if usable:
-                return max(usable), kept[max(usable)][chunk]
-        return unit.block, self.base[chunk][unit.block]
+                return max(usable)
+        return unit.block
 
     def begin_step(self, ranking: list[Unit], candidates: list[Unit]) -> None:
         """Choose the boundaries to stash this step (the blocks of last step's best candidates).
@@ -733,7 +771,9 @@ class _Engine:
         if unit in self.parts:  # its most moved sequences will likely move the next candidates most
             parts = self.parts[unit]
             self.chunk_order = sorted(parts, key=lambda c: (-parts[c], c))
-        self.parts = {}
+        if unit in self.tops:  # the pruned model now: the next candidates' mass lies near its own
+            self._choose_subsets(self.tops[unit])
+        self.parts, self.tops = {}, {}
         kept: dict[Unit, dict[int, dict[int, torch.Tensor]]] = {}
         for source in (self.stash, self.stash_next):  # this step's states replace older ones
             for u, states in source.items():

@@ -32,14 +32,16 @@ GOLDEN_STEPS = 60
 
 
 def vocab_subset(
-    ref_logp: torch.Tensor, mask: torch.Tensor, top: int
+    ref_logp: torch.Tensor, mask: torch.Tensor, top: int, extra: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For one chunk (`ref_logp`: rows × positions × vocabulary dense log-probs; `mask`: positions
-    scored): the tokens (sorted ids) among the `top` most likely at any scored position, the dense
-    log-probs there (scored tokens × subset), and the log of the dense mass outside the subset
-    (-inf where the subset is the whole vocabulary)."""
+    scored): the tokens (sorted ids) among the `top` most likely at any scored position, and
+    `extra` ones (e.g. those the current pruned model finds likeliest); the dense log-probs there
+    (scored tokens × subset), and the log of the dense mass outside the subset (-inf where the
+    subset is the whole vocabulary)."""
     scored = ref_logp[mask.bool()]
-    ids = torch.unique(scored.topk(min(top, scored.shape[-1]), dim=-1).indices)
+    ids = scored.topk(min(top, scored.shape[-1]), dim=-1).indices.flatten()
+    ids = torch.unique(ids if extra is None else torch.cat([ids, extra.flatten().to(ids.device)]))
     rest = torch.ones(scored.shape[-1], dtype=torch.bool, device=scored.device)
     rest[ids] = False
     outside = (
