@@ -159,8 +159,8 @@ class FinerCutParams:
     bound_vocab: int = field(
         default=128,
         metadata={
-            "help": "with the bound on (KL, JS): rule candidates out from the logits of the dense model's "
-            "top-N tokens at each position only (0: from full logits)"
+            "help": "with the bound on (KL, JS): rule candidates out from the logits of the top-N tokens "
+            "at each position, under the dense and the current pruned model, only (0: from full logits)"
         },
     )
 
@@ -300,13 +300,18 @@ class _Objective:
         self.lower[chunk] = (part, count, final_states)
 
     @property
+    def running(self) -> float:
+        """The running sum: exact parts plus the lower bounds of chunks not yet scored exactly."""
+        return self.total + sum(part for part, _, _ in self.lower.values())
+
+    @property
     def seen(self) -> int:
         """Tokens scored so far, exactly or with a lower bound."""
         return self.count + sum(count for _, count, _ in self.lower.values())
 
     def estimate(self) -> float:
         """The mean so far, lower bounds counted as values: to rank candidates, not a score."""
-        return self._finish((self.total + sum(p for p, _, _ in self.lower.values())) / max(self.seen, 1))
+        return self._finish(self.running / max(self.seen, 1))
 
     def _finish(self, mean: float) -> float:
         return math.exp(mean) if self.name == "perplexity" else mean
@@ -318,7 +323,7 @@ class _Objective:
     def bound(self, tokens: int) -> float:
         """A lower bound of the final value over all `tokens`: the running sum, divided by the same
         count as the final mean (both steps are monotone, so final >= bound in floats too)."""
-        return self._finish((self.total + sum(p for p, _, _ in self.lower.values())) / max(tokens, 1))
+        return self._finish(self.running / max(tokens, 1))
 
 
 # -- the search -----------------------------------------------------------------------------------
@@ -945,8 +950,8 @@ def finercut_search(
         or f"a candidate stops being scored once its running sum over chunks of {params.bound_rows} "
         "calibration sequence(s) exceeds the best complete score: it cannot be the minimum"
         + (
-            f"; chunks are first bounded from the logits of the dense model's {engine.bound_vocab} likeliest "
-            "tokens at each position"
+            f"; chunks are first bounded from the logits of the {engine.bound_vocab} likeliest tokens at each "
+            "position under the dense and the current pruned model"
             if engine.bound_vocab
             else ""
         ),
